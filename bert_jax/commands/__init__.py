@@ -1,0 +1,1 @@
+"""The `bert-jax` subcommands, one module per group; see `bert_jax.cli`."""

@@ -1,0 +1,347 @@
+"""The BERT model in flax.linen: embeddings, post-LN encoder, pooler and heads.
+
+Parameters are a plain pytree; every `apply` is pure. Module names spell the
+HuggingFace PyTorch names with `_` for `.` (`bert/encoder_layer_0/attention_self/query/kernel`
+is `bert.encoder.layer.0.attention.self.query.weight`), so weight conversion is a
+rename plus a transpose (see `weights.py`).
+
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `mlp`, ...);
+`sharding.py` maps them onto mesh axes. Compute dtype (`config.dtype`) is separate
+from storage dtype (`config.param_dtype`): bf16 matmuls on fp32 parameters is
+`dtype="bfloat16"`. Softmax and LayerNorm statistics stay in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from bert_jax.config import BertConfig
+
+Array = jax.Array
+
+
+# ---- building blocks --------------------------------------------------------------------
+
+def activation(name: str):
+    """The activation a config names; "gelu" is the exact erf form, as the original."""
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "tanh": jnp.tanh,
+    }[name]
+
+
+def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
+           name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str) -> nn.Embed:
+    return nn.Embed(
+        num, cfg.hidden_size,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), axes),
+        name=name,
+    )
+
+
+def attention_bias(attention_mask: Array) -> Array:
+    """[B, L] 0/1 mask -> [B, 1, 1, L] additive fp32 bias (0 keep, very negative drop)."""
+    keep = attention_mask.astype(bool)[:, None, None, :]
+    return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+# ---- the encoder ------------------------------------------------------------------------
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.word_embeddings = _embed(cfg, cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, (None, "embed"),
+                                          "position_embeddings")
+        self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
+                                            "token_type_embeddings")
+        self.LayerNorm = _layer_norm(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
+                 deterministic: bool) -> Array:
+        x = (self.word_embeddings(input_ids)
+             + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(x), deterministic=deterministic)
+
+    def attend(self, x: Array) -> Array:
+        """x @ word_embeddings.T: the tied MLM decoder."""
+        return self.word_embeddings.attend(x)
+
+
+class BertSelfAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
+        cfg = self.config
+        b, length, _ = x.shape
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+
+        def project(name: str) -> Array:
+            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(x)
+            return y.reshape(b, length, heads, head_dim)
+
+        # Scaling q (L x d) is cheaper than scaling the scores (L x L).
+        q = project("query") * jnp.asarray(head_dim ** -0.5, x.dtype)
+        k, v = project("key"), project("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(scores + bias, axis=-1)
+        dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(
+            probs, deterministic=deterministic).astype(v.dtype)
+        context = jnp.einsum("bhqk,bkhd->bqhd", dropped, v).reshape(b, length, cfg.hidden_size)
+        return context, probs
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
+        cfg = self.config
+        drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+        context, probs = BertSelfAttention(cfg, name="attention_self")(x, bias, deterministic)
+        y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
+        x = _layer_norm(cfg, "attention_output_LayerNorm")(
+            x + drop(y, deterministic=deterministic))
+
+        y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
+        y = activation(cfg.hidden_act)(y)
+        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
+        x = _layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        return x, probs
+
+
+@flax.struct.dataclass
+class BertOutput:
+    last_hidden_state: Array  # [B, L, H]
+    pooler_output: Array | None = None  # [B, H]
+    hidden_states: tuple[Array, ...] | None = None  # embeddings + every layer: L+1 of [B, L, H]
+    attentions: tuple[Array, ...] | None = None  # every layer: [B, heads, L, L]
+
+
+class BertModel(nn.Module):
+    """The encoder: embeddings, `num_hidden_layers` blocks, and the [CLS] pooler."""
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+
+    def setup(self) -> None:
+        cfg = self.config
+        layer_cls = BertLayer
+        if cfg.remat:
+            # deterministic (argument 3, counting self) is a Python bool: static.
+            layer_cls = nn.remat(BertLayer, static_argnums=(3,))
+        self.embeddings = BertEmbeddings(cfg)
+        self.layers = [layer_cls(cfg, name=f"encoder_layer_{i}")
+                       for i in range(cfg.num_hidden_layers)]
+        if self.add_pooling_layer:
+            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", None), "pooler_dense")
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        position_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        bias = attention_bias(attention_mask)
+        hidden, attentions = [x], []
+        for layer in self.layers:
+            x, probs = layer(x, bias, deterministic)
+            hidden.append(x)
+            attentions.append(probs)
+        pooled = None
+        if self.add_pooling_layer:
+            pooled = jnp.tanh(self.pooler(x[:, 0]))
+        return BertOutput(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+    def attend(self, x: Array) -> Array:
+        return self.embeddings.attend(x)
+
+
+# ---- heads ------------------------------------------------------------------------------
+
+def gather_positions(x: Array, positions: Array) -> Array:
+    """x[b, positions[b, p]] for every b, p: [B, L, H] x [B, P] -> [B, P, H]."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class BertMLMHead(nn.Module):
+    """cls.predictions: dense + act + LayerNorm, then the tied decoder plus its own bias."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, decoder: BertModel) -> Array:
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
+        x = _layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+        logits = decoder.attend(x)
+        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class PreTrainingOutput:
+    mlm_logits: Array  # [B, P, V] at masked_positions, or [B, L, V] without them
+    nsp_logits: Array | None  # [B, 2], or None for an MLM-only model
+    encoder: BertOutput
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the MLM head and (unless `nsp=False`) the next-sentence head."""
+
+    config: BertConfig
+    nsp: bool = True
+
+    def setup(self) -> None:
+        self.bert = BertModel(self.config)
+        self.cls_predictions = BertMLMHead(self.config)
+        if self.nsp:
+            self.cls_seq_relationship = _dense(self.config, 2, ("embed", None),
+                                               "cls_seq_relationship")
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        masked_positions: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PreTrainingOutput:
+        """`masked_positions` [B, P]: project only these positions onto the vocabulary."""
+        enc = self.bert(input_ids, attention_mask, token_type_ids,
+                        deterministic=deterministic,
+                        output_hidden_states=output_hidden_states,
+                        output_attentions=output_attentions)
+        x = enc.last_hidden_state
+        if masked_positions is not None:
+            x = gather_positions(x, masked_positions)
+        mlm_logits = self.cls_predictions(x, self.bert)
+        nsp_logits = None
+        if self.nsp:
+            nsp_logits = self.cls_seq_relationship(enc.pooler_output).astype(jnp.float32)
+        return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits, encoder=enc)
+
+
+class BertForSequenceClassification(nn.Module):
+    """Pooled [CLS] -> dropout -> linear: `num_labels` logits, or 1 value for regression."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+                 token_type_ids: Array | None = None, *, deterministic: bool = True) -> Array:
+        cfg = self.config
+        enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids,
+                                          deterministic=deterministic)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(enc.pooler_output, deterministic=deterministic)
+        return _dense(cfg, cfg.num_labels, ("embed", None), "classifier")(x).astype(jnp.float32)
+
+
+# ---- parameters -------------------------------------------------------------------------
+
+HEADS = {
+    "encoder": lambda cfg: BertModel(cfg),
+    "pretraining": lambda cfg: BertForPreTraining(cfg),
+    "mlm": lambda cfg: BertForPreTraining(cfg, nsp=False),
+    "classification": lambda cfg: BertForSequenceClassification(cfg),
+}
+
+
+def build(config: BertConfig, head: str = "pretraining") -> nn.Module:
+    """The module for one use: encoder, pretraining (MLM+NSP), mlm, classification."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose from {sorted(HEADS)}")
+    return HEADS[head](config)
+
+
+def _dummy_inputs(config: BertConfig) -> tuple[Array, ...]:
+    ids = jnp.zeros((1, min(8, config.max_position_embeddings)), jnp.int32)
+    return ids, jnp.ones_like(ids), jnp.zeros_like(ids)
+
+
+def init_params(model: nn.Module, rng: Array) -> dict[str, Any]:
+    """Random parameters, unboxed: a plain pytree of arrays."""
+    variables = model.init(rng, *_dummy_inputs(model.config))
+    return nn.meta.unbox(variables["params"])
+
+
+def param_logical_axes(model: nn.Module) -> Any:
+    """The logical axis names of every parameter, as a pytree of PartitionSpecs."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *_dummy_inputs(model.config)))
+    return nn.get_partition_spec(boxed["params"])
+
+
+def param_shapes(model: nn.Module) -> Any:
+    """ShapeDtypeStructs of every parameter, computed without allocating any."""
+    return nn.meta.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *_dummy_inputs(model.config)))["params"])
+
+
+def count_params(params: Any) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
