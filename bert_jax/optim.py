@@ -1,0 +1,141 @@
+"""Optimizers and learning-rate schedules: the original BERT recipe and its options.
+
+The default reproduces google-research/bert `optimization.py` exactly:
+  lr(t)  = peak * t / warmup                  for t < warmup
+         = peak * (1 - t / total)             after (power-1 polynomial decay counted
+                                              from step 0, not from the end of warmup)
+  g      = clip_by_global_norm(grad, 1.0)
+  m, v   = Adam moments (b1 0.9, b2 0.999), NO bias correction
+  update = m / (sqrt(v) + 1e-6) + 0.01 * param   (no decay on LayerNorm/bias params)
+  param -= lr(t) * update
+Options, each one config field away: AdamW with bias correction, LAMB, other
+schedules (cosine, constant, power != 1, a floor). Built from optax pieces; the only
+hand-written transform is Adam without bias correction, which optax does not have.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bert_jax.errors import UserError
+
+# The original excludes parameters whose name contains one of these from weight decay.
+NO_DECAY_PATTERN = re.compile(r"LayerNorm|layer_norm|bias")
+
+
+def path_name(path: tuple) -> str:
+    """A pytree key path as a slash-joined name: ('bert', 'pooler_dense', 'bias') -> ..."""
+    parts = []
+    for key in path:
+        name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+        parts.append(str(name))
+    return "/".join(parts)
+
+
+def decay_mask(params: Any) -> Any:
+    """True where weight decay applies: every parameter but LayerNorm and bias ones."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: NO_DECAY_PATTERN.search(path_name(path)) is None, params)
+
+
+# ---- schedules --------------------------------------------------------------------------
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0, then `cfg.decay` counted from step 0 (the original) or from
+    the end of warmup (`cfg.decay_from_warmup=True`, as most later recipes)."""
+    peak, warmup = float(cfg.lr), int(cfg.warmup_steps)
+    end = float(cfg.get("end_lr", 0.0))
+    power = float(cfg.get("decay_power", 1.0))
+    decay = cfg.get("decay", "linear")
+    from_warmup = bool(cfg.get("decay_from_warmup", False))
+    if total_steps <= 0:
+        raise UserError(f"total_steps must be positive, got {total_steps}")
+    if not 0 <= warmup <= total_steps:
+        raise UserError(f"warmup_steps {warmup} must be in [0, total_steps={total_steps}]")
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        start = warmup if from_warmup else 0
+        frac = jnp.clip((t - start) / max(total_steps - start, 1), 0.0, 1.0)
+        if decay == "linear":
+            decayed = (peak - end) * (1.0 - frac) ** power + end
+        elif decay == "cosine":
+            decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        elif decay == "constant":
+            decayed = jnp.asarray(peak, jnp.float32)
+        else:
+            raise UserError(f"unknown decay {decay!r}; choose linear, cosine or constant")
+        if warmup == 0:
+            return decayed
+        return jnp.where(t < warmup, peak * t / warmup, decayed)
+
+    return schedule
+
+
+# ---- Adam without bias correction -------------------------------------------------------
+
+class ScaleByBertAdamState(NamedTuple):
+    mu: Any
+    nu: Any
+
+
+def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999,
+                                     eps: float = 1e-6) -> optax.GradientTransformation:
+    """m / (sqrt(v) + eps) with raw (not bias-corrected) moments, as BERT's optimizer."""
+
+    def init(params):
+        zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+        return ScaleByBertAdamState(mu=zeros, nu=jax.tree.map(jnp.copy, zeros))
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+        out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        return out, ScaleByBertAdamState(mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+# ---- the optimizer ----------------------------------------------------------------------
+
+def build(cfg: ml_collections.ConfigDict, total_steps: int
+          ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer a config's `optimizer` section describes, and its lr schedule.
+
+    `cfg.name`: "bert_adam" (the original), "adamw" (bias-corrected), or "lamb".
+    """
+    schedule = learning_rate_schedule(cfg, total_steps)
+    b1, b2, eps = float(cfg.b1), float(cfg.b2), float(cfg.eps)
+    name = cfg.name
+    if name == "bert_adam":
+        scale = scale_by_adam_no_bias_correction(b1, b2, eps)
+    elif name in ("adamw", "lamb"):
+        scale = optax.scale_by_adam(b1, b2, eps)
+    else:
+        raise UserError(f"unknown optimizer {name!r}; choose bert_adam, adamw or lamb")
+    parts = []
+    if cfg.get("clip_norm"):
+        parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+    parts.append(scale)
+    if cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(float(cfg.weight_decay), mask=decay_mask))
+    if name == "lamb":
+        parts.append(optax.scale_by_trust_ratio())
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts), schedule
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The original pre-training optimizer: BERT Adam, lr 1e-4, 10k warmup, linear decay."""
+    return ml_collections.ConfigDict(dict(
+        name="bert_adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+        clip_norm=1.0, warmup_steps=10_000, decay="linear", decay_power=1.0, end_lr=0.0,
+        decay_from_warmup=False,
+    ))

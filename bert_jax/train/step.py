@@ -1,0 +1,131 @@
+"""The one train-step builder (pre-training and fine-tuning) and the eval step.
+
+`make_train_step(objective, optimizer, ...)` returns a pure function
+`(state, batch) -> (state, metrics)`; `jit_step` compiles it with explicit in/out
+shardings over the mesh and donates the old state. Features:
+- gradient accumulation over `accum_steps` micro-batches inside the step (a
+  `lax.scan`), exactly equal to one batch `accum_steps` times larger (see objectives.py
+  for why the split into numerators and denominators makes it exact);
+- a non-finite loss or gradient never reaches the parameters: the step keeps the old
+  params and optimizer state and reports `finite=0`; the loop decides to stop or go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from bert_jax import sharding
+from bert_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def _loss(objective, params, batch, rng, dens):
+    nums = objective.numerators(params, batch, rng, train=True)
+    loss = sum(nums[k] / jnp.maximum(dens[k], 1e-9) for k in objective.loss_names())
+    return loss, nums
+
+
+def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None, *, accum_steps: int = 1
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The train step for any objective (objectives.PreTraining, .Classification)."""
+    grad_fn = jax.value_and_grad(_loss, argnums=1, has_aux=True)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        dens = objective.denominators(batch)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if accum_steps == 1:
+            (loss, nums), grads = grad_fn(objective, state.params, batch, rng, dens)
+        else:
+            # Row r of micro-batch i is row r * k + i of the batch: every micro-batch
+            # takes an equal share of each device's rows, so no data moves.
+            def split(x):
+                b = x.shape[0]
+                if b % accum_steps:
+                    raise ValueError(f"batch {b} does not split into {accum_steps} micro-batches")
+                return jnp.moveaxis(x.reshape(b // accum_steps, accum_steps, *x.shape[1:]), 1, 0)
+
+            micro = jax.tree.map(split, batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                (loss, nums), grads = grad_fn(objective, state.params, mb,
+                                              jax.random.fold_in(rng, i), dens)
+                return jax.tree.map(jnp.add, carry, (loss, nums, grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            nums0 = {k: jnp.zeros((), jnp.float32) for k in dens}
+            (loss, nums, grads), _ = jax.lax.scan(
+                body, (jnp.zeros((), jnp.float32), nums0, zeros),
+                (jnp.arange(accum_steps), micro))
+
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(step=state.step + 1,
+                                  params=keep(params, state.params),
+                                  opt_state=keep(opt_state, state.opt_state))
+        metrics = {k: nums[k] / jnp.maximum(dens[k], 1e-9) for k in nums}
+        metrics |= {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+        if schedule is not None:
+            metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(objective: Any) -> Callable[[Any, Batch], Metrics]:
+    """`(params, batch) -> sums`: numerators and denominators, summed exactly over batches.
+
+    Keys are `<metric>/num` and `<metric>/den`; `finish_eval` divides them.
+    """
+
+    def step(params: Any, batch: Batch) -> Metrics:
+        nums = objective.numerators(params, batch, None, train=False)
+        dens = objective.denominators(batch)
+        return {**{f"{k}/num": v for k, v in nums.items()},
+                **{f"{k}/den": v for k, v in dens.items()}}
+
+    return step
+
+
+def finish_eval(sums: dict[str, float]) -> dict[str, float]:
+    names = {k.rsplit("/", 1)[0] for k in sums}
+    return {k: float(sums[f"{k}/num"]) / max(float(sums[f"{k}/den"]), 1e-9) for k in names}
+
+
+def _in_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """Traces `fn` with the mesh and the logical-axis rules in context, so the model's
+    activation constraints (`nn.with_logical_constraint`) take effect."""
+
+    def wrapped(*args):
+        with mesh, nn.logical_axis_rules(sharding.RULES):
+            return fn(*args)
+
+    return wrapped
+
+
+def jit_train_step(step: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+    """Compiles a train step with explicit shardings; the input state is donated."""
+    return jax.jit(_in_mesh(step, mesh),
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)
+
+
+def jit_eval_step(step: Callable, param_shardings: Any, mesh: Mesh) -> Callable:
+    return jax.jit(_in_mesh(step, mesh),
+                   in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.replicated(mesh))
