@@ -138,12 +138,26 @@ class Tokenizer:
         return enc
 
     def _truncated(self, text: str, pair: str | None, max_length: int) -> tokenizers.Encoding:
-        backend = self.backend
-        backend.enable_truncation(max_length, strategy="longest_first")
-        try:
-            return backend.encode(text, pair)
-        finally:
-            backend.no_truncation()
+        a = self.backend.encode(text, add_special_tokens=False)
+        b = None if pair is None else self.backend.encode(pair, add_special_tokens=False)
+        return self._truncate_pair(a, b, max_length)
+
+    def _truncate_pair(self, a: tokenizers.Encoding, b: tokenizers.Encoding | None,
+                       max_length: int) -> tokenizers.Encoding:
+        """The original `_truncate_seq_pair`: drop the last token of the longer segment,
+        of the second on a tie (the `tokenizers` longest_first breaks ties the other way)."""
+        budget = max(0, max_length - self.backend.num_special_tokens_to_add(b is not None))
+        len_a, len_b = len(a.ids), 0 if b is None else len(b.ids)
+        if len_a + len_b > budget:  # the closed form of popping one token at a time
+            short = min(len_a, len_b)
+            if budget >= 2 * short:
+                len_a, len_b = (budget - short, short) if len_a > len_b else (short, budget - short)
+            else:
+                len_a, len_b = (budget + 1) // 2, budget // 2
+        a.truncate(len_a)
+        if b is not None:
+            b.truncate(len_b)
+        return self.backend.post_process(a, b)
 
     def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                      max_length: int | None = None, pad_to: int | None = None
@@ -154,13 +168,13 @@ class Tokenizer:
         truncated (longest segment first).
         """
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-        backend = self.backend
-        if max_length is not None:
-            backend.enable_truncation(max_length, strategy="longest_first")
-        try:
-            encodings = backend.encode_batch(inputs)
-        finally:
-            backend.no_truncation()
+        if max_length is None:
+            encodings = self.backend.encode_batch(inputs)
+        else:
+            firsts = self.backend.encode_batch(list(texts), add_special_tokens=False)
+            seconds = ([None] * len(firsts) if pairs is None else
+                       self.backend.encode_batch(list(pairs), add_special_tokens=False))
+            encodings = [self._truncate_pair(a, b, max_length) for a, b in zip(firsts, seconds)]
         width = pad_to or max(len(e.ids) for e in encodings)
         out = {k: np.zeros((len(encodings), width), np.int32)
                for k in ("input_ids", "token_type_ids", "attention_mask")}
