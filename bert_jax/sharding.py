@@ -48,8 +48,9 @@ def initialize_distributed(coordinator_address: str | None = None,
     pass the coordinator address, the process count and this process's id.
     """
     if coordinator_address or num_processes:
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # Cross-process collectives on CPU devices (it only affects the CPU client; the
+        # backend must not be touched before initialize, so no platform check here).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
     elif os.environ.get("BERT_JAX_DISTRIBUTED") == "1":

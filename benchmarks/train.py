@@ -1,0 +1,158 @@
+"""Training throughput: bert-jax vs transformers' PyTorch BertForPreTraining, one run.
+
+  python benchmarks/train.py                       # bert-base, seq 128, batch 8, CPU
+  python benchmarks/train.py --preset tiny --steps 5 --json
+
+Both sides do the same work per step: forward + backward + optimizer update of
+BertForPreTraining (MLM + NSP) on random token ids, dropout on, fp32, with 20 masked
+positions per sequence (the recipe's max_predictions_per_seq at 128). bert-jax projects
+only the masked positions onto the vocabulary (as the original TF code does); PyTorch
+projects every position and ignores the unmasked ones with label -100 (as transformers
+does). The optimizer is BERT Adam (bert-jax) and torch.optim.AdamW (PyTorch), whose
+costs are alike. Prints sequences/s, the ratio, and model FLOP/s by the formula of
+bert_jax/flops.py (counted at the masked positions for both, i.e. useful FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from bert_jax import config as config_lib
+from bert_jax import flops, model, optim, sharding
+from bert_jax.train import objectives
+from bert_jax.train import state as state_lib
+from bert_jax.train import step as step_lib
+
+
+def make_batch(cfg, batch, seq_len, predictions, seed=0):
+    r = np.random.RandomState(seed)
+    low = min(1000, cfg.vocab_size // 2)  # ordinary word pieces, not special tokens
+    positions = np.stack([np.sort(r.choice(np.arange(1, seq_len - 1), predictions, False))
+                          for _ in range(batch)]).astype(np.int32)
+    return dict(
+        input_ids=r.randint(low, cfg.vocab_size, (batch, seq_len)).astype(np.int32),
+        token_type_ids=(np.arange(seq_len)[None] >= seq_len // 2).repeat(batch, 0).astype(
+            np.int32),
+        attention_mask=np.ones((batch, seq_len), np.int32),
+        masked_lm_positions=positions,
+        masked_lm_ids=r.randint(low, cfg.vocab_size, (batch, predictions)).astype(np.int32),
+        masked_lm_weights=np.ones((batch, predictions), np.float32),
+        next_sentence_label=r.randint(0, 2, (batch,)).astype(np.int32),
+    )
+
+
+def time_steps(run_step, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        run_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_jax(cfg, batch, steps, warmup):
+    module = model.build(cfg, "pretraining")
+    ocfg = optim.default_config()
+    ocfg.warmup_steps = 10
+    tx, schedule = optim.build(ocfg, 1000)
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    shardings = state_lib.state_shardings(module, tx, mesh)
+    holder = {"state": state_lib.init_state(module, tx, mesh, seed=0)}
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(objectives.PreTraining(module), tx, schedule), shardings, mesh)
+    device_batch = sharding.global_batch(batch, mesh)
+
+    def run():
+        holder["state"], metrics = train_step(holder["state"], device_batch)
+        jax.block_until_ready(metrics["loss"])
+
+    return time_steps(run, steps, warmup)
+
+
+def bench_torch(cfg, batch, steps, warmup, threads):
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hf = BertForPreTraining(BertConfig(**cfg.to_hf_dict()))
+    hf.train()
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01)
+    labels = np.full(batch["input_ids"].shape, -100, np.int64)
+    np.put_along_axis(labels, batch["masked_lm_positions"], batch["masked_lm_ids"], axis=1)
+    inputs = dict(input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
+                  token_type_ids=torch.from_numpy(batch["token_type_ids"].astype(np.int64)),
+                  attention_mask=torch.from_numpy(batch["attention_mask"].astype(np.int64)),
+                  labels=torch.from_numpy(labels),
+                  next_sentence_label=torch.from_numpy(
+                      batch["next_sentence_label"].astype(np.int64)))
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = hf(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+
+    return time_steps(run, steps, warmup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="base", help="model size (tiny, mini, base, large)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--predictions", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", help="bert-jax compute dtype")
+    parser.add_argument("--no-torch", action="store_true", help="bert-jax only (e.g. on GPU)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    cfg = config_lib.preset(args.preset, dtype=args.dtype)
+    batch = make_batch(cfg, args.batch_size, args.seq_len, args.predictions)
+    step_flops = args.batch_size * flops.train_flops(cfg, args.seq_len, args.predictions)
+    results = {"preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+               "device": jax.devices()[0].device_kind, "dtype": args.dtype,
+               "gflop_per_step": step_flops / 1e9}
+    sides = {"bert-jax": lambda: bench_jax(cfg, batch, args.steps, args.warmup)}
+    if not args.no_torch:
+        threads = len(os.sched_getaffinity(0))
+        sides["pytorch"] = lambda: bench_torch(cfg, batch, args.steps, args.warmup, threads)
+    for name, bench in sides.items():
+        times = bench()
+        median = statistics.median(times)
+        results[name] = {"seq_per_s": args.batch_size / median, "step_s": median,
+                         "model_gflop_per_s": step_flops / median / 1e9}
+        peak = flops.peak_flops(results["device"])
+        if peak:
+            results[name]["mfu"] = step_flops / median / peak
+    if "pytorch" in results:
+        results["ratio"] = results["bert-jax"]["seq_per_s"] / results["pytorch"]["seq_per_s"]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{args.preset}, seq {args.seq_len}, batch {args.batch_size}, {results['device']}, "
+          f"{step_flops / 1e9:.0f} GFLOP/step (fwd+bwd+update)")
+    print(f"{'':10} {'seq/s':>8} {'s/step':>8} {'GFLOP/s':>9}")
+    for name in sides:
+        r = results[name]
+        mfu = f"  MFU {r['mfu']:.1%}" if "mfu" in r else ""
+        print(f"{name:10} {r['seq_per_s']:8.2f} {r['step_s']:8.3f} "
+              f"{r['model_gflop_per_s']:9.1f}{mfu}")
+    if "ratio" in results:
+        print(f"bert-jax / pytorch: {results['ratio']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
