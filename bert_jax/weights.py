@@ -216,15 +216,15 @@ def hf_to_flax(state_dict: dict[str, np.ndarray], config: BertConfig, head: str,
 
     expected = _expected(config, head)
     known = {**_expected(config, "pretraining"), **_expected(config, "classification")}
-    unknown = sorted(n for n in sd if n not in known and not n.startswith("encoder.layer."))
-    if unknown:
-        raise UserError(f"unexpected tensor {unknown[0]} {_shape(sd[unknown[0]])} in {source}: "
-                        "not a BERT parameter")
-    _check_config(config, sd)
-    unknown = sorted(n for n in sd if n not in known)
-    if unknown:
-        raise UserError(f"unexpected tensor {unknown[0]} {_shape(sd[unknown[0]])} in {source}: "
-                        "not a BERT parameter")
+    # Names first, then sizes: a surplus layer is a config mismatch, said as such.
+    for check_layers in (False, True):
+        if check_layers:
+            _check_config(config, sd)
+        unknown = sorted(n for n in sd if n not in known
+                         and (check_layers or not n.startswith("encoder.layer.")))
+        if unknown:
+            raise UserError(f"unexpected tensor {unknown[0]} {_shape(sd[unknown[0]])} in "
+                            f"{source}: not a BERT parameter")
 
     dtype = jnp.dtype(config.param_dtype)
     flat, missing = {}, []
@@ -296,6 +296,8 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         if end > data.size:
             raise UserError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end} but "
                             f"the file has {size} bytes; download it again")
+        if info["dtype"] not in _ST_DTYPES:
+            raise UserError(f"tensor {name} in {path} has unsupported dtype {info['dtype']}")
         dtype = np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")
         out[name] = data[begin:end].view(dtype).reshape(info["shape"])
     return out
@@ -313,6 +315,9 @@ def read_torch_bin(path: str | Path) -> dict[str, np.ndarray]:
     except Exception as e:  # pickle, zip and torch errors alike mean a bad file
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot read PyTorch checkpoint {path}: {first_line}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} is not a state dict of tensors (a training checkpoint?); "
+                        "save model.state_dict() instead")
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in sd.items()}
 
 

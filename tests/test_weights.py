@@ -386,6 +386,8 @@ BAD = {
     "truncated safetensors": (_truncate, "model.safetensors is truncated: tensor"),
     "hidden size": (lambda d: _edit_config(d, hidden_size=64, intermediate_size=64),
                     "config hidden_size=64 but the checkpoint has 32"),
+    "layer count": (lambda d: _edit_config(d, num_hidden_layers=1),
+                    "config num_hidden_layers=1 but the checkpoint has 2 layers"),
     "vocab size": (_bad_vocab, "the vocab has 130 tokens but the word embeddings have 128 rows"),
     "unexpected tensor": (lambda d: _edit_weights(d, _unexpected),
                           "unexpected tensor encoder.layer.0.attention.self.rotary.weight [4, 4]"),
@@ -420,6 +422,20 @@ def test_missing_path_and_torch_missing(tmp_path, monkeypatch):
         weights.read_torch_bin(tmp_path / "pytorch_model.bin")
 
 
-def test_single_weights_file(tiny_dir):
-    a = weights.load_pretrained(tiny_dir / "model.safetensors")
-    assert a.report.format == "safetensors" and a.report.loaded == 46
+def test_single_weights_file_and_sharded_safetensors(tiny_dir):
+    from safetensors.numpy import save_file
+
+    whole = weights.load_pretrained(tiny_dir / "model.safetensors")
+    assert whole.report.format == "safetensors" and whole.report.loaded == 46
+    sd = weights.read_safetensors(tiny_dir / "model.safetensors")
+    names = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": names[:20],
+              "model-00002-of-00002.safetensors": names[20:]}
+    for file, keys in shards.items():
+        save_file({k: np.array(sd[k]) for k in keys}, str(tiny_dir / file))
+    (tiny_dir / "model.safetensors").unlink()
+    (tiny_dir / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: f for f, keys in shards.items() for k in keys}}))
+    sharded = weights.load_pretrained(tiny_dir)
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(sharded.params)):
+        np.testing.assert_array_equal(a, b)
