@@ -558,8 +558,7 @@ def locate(name_or_path: str | Path) -> Source:
             path = _from_hub(name)
         else:
             raise UserError(f"no such file or directory: {name_or_path}")
-    # A bert-jax pre-training workdir (orbax checkpoints) is also a valid --model; the
-    # branch that recognises one belongs here, before the released-weights formats.
+    # A bert-jax pre-training workdir is handled by `load_pretrained` before this.
     if path.is_file():
         if path.suffix == ".safetensors":
             return Source(path.parent, "safetensors", path)
@@ -603,6 +602,35 @@ def read_config(directory: Path, **overrides: Any) -> BertConfig:
     raise UserError(f"{directory} has no config.json or bert_config.json next to the weights")
 
 
+# ---- bert-jax pre-training workdirs -----------------------------------------------------
+
+def is_workdir(path: str | Path) -> bool:
+    """A `bert-jax pretrain` workdir: its resolved config.json and orbax checkpoints."""
+    p = Path(path).expanduser()
+    if not ((p / "checkpoints").is_dir() and (p / "config.json").is_file()):
+        return False
+    try:
+        return "model" in json.loads((p / "config.json").read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def read_workdir(path: Path, **overrides: Any
+                 ) -> tuple[dict[str, np.ndarray], BertConfig, str | None]:
+    """The latest checkpoint of a pre-training workdir as an HF state dict, its model
+    config, and the vocab its data was made with."""
+    from bert_jax import checkpoint
+
+    saved = json.loads((path / "config.json").read_text())
+    try:
+        config = BertConfig(**{**saved["model"], **overrides})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}/config.json: bad model config: {e}") from None
+    params, _ = checkpoint.restore_params(path / "checkpoints")
+    vocab = saved.get("data", {}).get("vocab") or None
+    return flax_to_hf(params), config, vocab
+
+
 # ---- the entry points -------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -632,17 +660,23 @@ def load_pretrained(name_or_path: str | Path, head: str = "pretraining", *, rng:
     """
     if head not in (*HEADS, "auto"):
         raise UserError(f"unknown head {head!r}; choose from {', '.join(HEADS)} or auto")
-    source = locate(name_or_path)
-    config = read_config(source.directory, **config_overrides)
-    sd, notes = read_weights(source)
+    if is_workdir(name_or_path):
+        source, (sd, config, vocab) = None, read_workdir(Path(name_or_path), **config_overrides)
+        fmt, notes, directory = "bert-jax checkpoint", [], Path(name_or_path)
+    else:
+        source = locate(name_or_path)
+        config = read_config(source.directory, **config_overrides)
+        sd, notes = read_weights(source)
+        fmt, vocab, directory = source.format, None, source.directory
     if head == "auto":
         head = detect_head(list(sd))
     params, report = hf_to_flax(sd, config, head, rng=rng, source=str(name_or_path),
-                                format=source.format)
+                                format=fmt)
     report.notes[:0] = notes
     tokenizer = None
-    if any((source.directory / f).exists() for f in ("tokenizer.json", "vocab.txt")):
-        tokenizer = Tokenizer.from_dir(source.directory)
+    if vocab is not None or any((directory / f).exists()
+                                for f in ("tokenizer.json", "vocab.txt")):
+        tokenizer = Tokenizer.from_vocab(vocab) if vocab else Tokenizer.from_dir(directory)
         if tokenizer.vocab_size > config.vocab_size:
             raise UserError(f"the vocab has {tokenizer.vocab_size} tokens but the word "
                             f"embeddings have {config.vocab_size} rows: wrong vocab for "
@@ -651,7 +685,7 @@ def load_pretrained(name_or_path: str | Path, head: str = "pretraining", *, rng:
             report.notes.append(f"the vocab has {tokenizer.vocab_size} tokens, the embeddings "
                                 f"{config.vocab_size} rows (the extra rows are never used)")
     else:
-        report.notes.append(f"no vocab.txt or tokenizer.json in {source.directory}")
+        report.notes.append(f"no vocab.txt or tokenizer.json in {directory}")
     return Pretrained(config, params, tokenizer, report, head)
 
 
