@@ -1,0 +1,303 @@
+"""One work unit of documents -> pre-training instances (google-research/bert's rules).
+
+For each of `dupe_factor` passes and each document (`create_instances_from_document`):
+* the target length is `max_num_tokens` (= max_seq_length - 3, or - 2 without NSP), but
+  with probability `short_seq_prob` it is `randint(2, max_num_tokens)` for that document
+  (once per document and pass, as in the original);
+* sentences are gathered into a chunk until it reaches the target or the document ends;
+* with NSP, A is the first `a_end = randint(1, len(chunk) - 1)` sentences of the chunk
+  (1 if it has one). With probability 0.5, and always for a one-sentence chunk, B is
+  "random next" (label 1): sentences of another document, from a random start, until
+  B reaches `target - len(A)` tokens; the document is drawn up to 10 times to avoid the
+  current one, and the chunk's unused sentences are put back to start the next chunk.
+  Otherwise B is the rest of the chunk (label 0, "is next");
+* the pair is truncated to `max_num_tokens` one token at a time from the longer segment
+  (B on a tie), each time from its front or back with probability 1/2;
+* the layout is `[CLS] A [SEP] B [SEP]` (token types 0 up to the first [SEP], 1 after).
+Without NSP a chunk is one segment, `[CLS] chunk [SEP]`, truncated the same way.
+
+Differences from the original, all forced by bounded memory and worker-count
+independence: the random next document comes from the same work unit (a pool of a few
+dozen documents or more, see `documents.work_units`), not the whole corpus; and
+instances are shuffled within their shard rather than globally (the loader shuffles
+across shards). Every random choice of a pass is seeded by (random_seed, unit, pass),
+and the static masks of instance i by (random_seed, unit, i).
+
+Only lengths and offsets are computed per instance in Python (a few scalar steps each);
+token copying and masking are numpy operations over the whole unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from bisect import bisect_left
+from itertools import chain
+
+import numpy as np
+
+from bert_jax.data import masking
+from bert_jax.data.rng import Uniforms, derive_key
+from bert_jax.errors import UserError
+
+# Domain tags keep the seeds of different uses apart.
+PLAN, SHUFFLE, STATIC_MASK, DYNAMIC_MASK = 1, 2, 3, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceConfig:
+    """The knobs of create_pretraining_data, with the original defaults."""
+
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    dupe_factor: int = 10
+    short_seq_prob: float = 0.1
+    random_seed: int = 12345
+    whole_word_masking: bool = False
+    masking: str = "static"  # or "dynamic": shards keep unmasked tokens
+    nsp: bool = True
+
+    def validate(self) -> None:
+        if self.max_seq_length < 5 or self.max_seq_length > 65535:
+            raise UserError(f"max_seq_length {self.max_seq_length} must be in [5, 65535]")
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
+            raise UserError(f"max_predictions_per_seq {self.max_predictions_per_seq} must be "
+                            f"in [1, max_seq_length={self.max_seq_length}]")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise UserError(f"masked_lm_prob {self.masked_lm_prob} must be in (0, 1)")
+        if self.dupe_factor < 1:
+            raise UserError(f"dupe_factor {self.dupe_factor} must be at least 1")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"short_seq_prob {self.short_seq_prob} must be in [0, 1]")
+        if self.random_seed < 0:
+            raise UserError(f"random_seed {self.random_seed} must be non-negative")
+        if self.masking not in ("static", "dynamic"):
+            raise UserError(f"masking {self.masking!r} must be 'static' or 'dynamic'")
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.max_seq_length - (3 if self.nsp else 2)
+
+
+@dataclasses.dataclass
+class TokenizedUnit:
+    """A unit's documents as token ids: sentence j is tokens[sent_start[j]:sent_start[j+1]],
+    document d is sentences doc_first[d] .. doc_first[d+1] - 1."""
+
+    tokens: np.ndarray
+    sent_start: list[int]
+    doc_first: list[int]
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_first) - 1
+
+
+def tokenize_unit(documents: list[list[str]], backend) -> TokenizedUnit:
+    """Tokenizes every sentence in one batched call; empty sentences and documents vanish."""
+    sentences = list(chain.from_iterable(documents))
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    ids = [e.ids for e in encode(sentences, add_special_tokens=False)]
+    sent_start, doc_first = [0], [0]
+    kept: list[list[int]] = []
+    j = 0
+    for doc in documents:
+        n_before = len(kept)
+        for sentence_ids in ids[j:j + len(doc)]:
+            if sentence_ids:
+                kept.append(sentence_ids)
+                sent_start.append(sent_start[-1] + len(sentence_ids))
+        j += len(doc)
+        if len(kept) > n_before:
+            doc_first.append(len(kept))
+    tokens = np.fromiter(chain.from_iterable(kept), np.int32, count=sent_start[-1])
+    return TokenizedUnit(tokens, sent_start, doc_first)
+
+
+@dataclasses.dataclass
+class Plan:
+    """Instances as offsets into `TokenizedUnit.tokens` (one entry per instance)."""
+
+    a_start: list[int] = dataclasses.field(default_factory=list)
+    a_len: list[int] = dataclasses.field(default_factory=list)
+    b_start: list[int] = dataclasses.field(default_factory=list)
+    b_len: list[int] = dataclasses.field(default_factory=list)
+    label: list[int] = dataclasses.field(default_factory=list)  # 1 = random next
+    target: list[int] = dataclasses.field(default_factory=list)  # the target length used
+    document: list[int] = dataclasses.field(default_factory=list)
+    random_document: list[int] = dataclasses.field(default_factory=list)  # -1: is next
+    short_targets: int = 0  # documents (x passes) given a short target
+    same_document_random_next: int = 0  # all 10 draws hit the current document
+
+    def __len__(self) -> int:
+        return len(self.a_len)
+
+
+def _truncation(la: int, lb: int, max_num: int, u: Uniforms) -> tuple[int, int, int, int]:
+    """(front_a, back_a, front_b, back_b) tokens cut to fit `max_num` (see module doc).
+
+    Cutting from the longer segment (B on a tie) one token at a time takes from A first
+    while A is strictly longer, then alternates; only the counts matter, and each cut
+    is from the front with probability 1/2.
+    """
+    k = la + lb - max_num
+    if k <= 0:
+        return 0, 0, 0, 0
+    if la > lb:
+        first = min(k, la - lb)
+        rest = k - first
+        na, nb = first + rest // 2, rest - rest // 2
+    else:
+        first = min(k, lb - la + 1)
+        rest = k - first
+        na, nb = rest - rest // 2, first + rest // 2
+    fa, fb = _heads(na, u), _heads(nb, u)
+    return fa, na - fa, fb, nb - fb
+
+
+def _heads(n: int, u: Uniforms) -> int:
+    """How many of n fair coin flips come up heads, 53 flips per uniform draw (the bits
+    of a U[0, 1) double from numpy are 53 independent fair bits)."""
+    heads = 0
+    while n > 0:
+        take = min(n, 53)
+        bits = int(u.u() * 9007199254740992.0)  # * 2**53: exact
+        heads += (bits & ((1 << take) - 1)).bit_count()
+        n -= take
+    return heads
+
+
+def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
+              plan: Plan | None = None) -> Plan:
+    """One pass (one dupe) over the unit's documents; appends to and returns `plan`."""
+    plan = plan if plan is not None else Plan()
+    starts, first = unit.sent_start, unit.doc_first
+    D = unit.num_documents
+    max_num = cfg.max_num_tokens
+    short_prob = cfg.short_seq_prob
+    for d in range(D):
+        s0, s1 = first[d], first[d + 1]
+        target = max_num
+        if u.u() < short_prob:
+            target = u.randint(2, max_num)
+            plan.short_targets += 1
+        chunk = s0  # first sentence of the current chunk
+        i = s0
+        while i < s1:
+            if i < s1 - 1 and starts[i + 1] - starts[chunk] < target:
+                i += 1
+                continue
+            # The chunk is sentences chunk..i.
+            k = i - chunk + 1
+            if not cfg.nsp:
+                lo, n = starts[chunk], starts[i + 1] - starts[chunk]
+                fa, ba, _, _ = _truncation(n, 0, max_num, u)
+                _append(plan, lo + fa, n - fa - ba, 0, 0, 0, target, d, -1)
+                chunk = i = i + 1
+                continue
+            a_end = 1 if k < 2 else u.randint(1, k - 1)
+            a_lo = starts[chunk]
+            la = starts[chunk + a_end] - a_lo
+            if k == 1 or u.u() < 0.5:
+                label = 1
+                r = d
+                for _ in range(10):
+                    r = int(u.u() * D)
+                    if r != d:
+                        break
+                if r == d:
+                    plan.same_document_random_next += 1
+                r0, r1 = first[r], first[r + 1]
+                j = r0 + int(u.u() * (r1 - r0))
+                b_lo = starts[j]
+                # Sentences j, j+1, ... until B has target - len(A) tokens (at least one).
+                m = bisect_left(starts, b_lo + target - la, j + 1, r1)
+                lb = starts[m] - b_lo
+                i = chunk + a_end - 1  # put the unused sentences back
+            else:
+                label, r = 0, -1
+                b_lo = starts[chunk + a_end]
+                lb = starts[i + 1] - b_lo
+            fa, ba, fb, bb = _truncation(la, lb, max_num, u)
+            _append(plan, a_lo + fa, la - fa - ba, b_lo + fb, lb - fb - bb, label, target,
+                    d, r)
+            chunk = i = i + 1
+    return plan
+
+
+def _append(plan: Plan, a_start: int, a_len: int, b_start: int, b_len: int, label: int,
+            target: int, doc: int, random_doc: int) -> None:
+    plan.a_start.append(a_start)
+    plan.a_len.append(a_len)
+    plan.b_start.append(b_start)
+    plan.b_len.append(b_len)
+    plan.label.append(label)
+    plan.target.append(target)
+    plan.document.append(doc)
+    plan.random_document.append(random_doc)
+
+
+def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id: int,
+                    sep_id: int, pad_id: int, dtype=np.uint16) -> dict[str, np.ndarray]:
+    """The unmasked sequences of a plan: input_ids [N, L], lengths [N] (all real tokens),
+    a_lengths [N] (the tokens of `[CLS] A [SEP]`), next_sentence_labels [N]."""
+    N, L = len(plan), cfg.max_seq_length
+    pos = np.arange(L)[None, :]
+    a_start = np.asarray(plan.a_start, np.int64)[:, None]
+    la = np.asarray(plan.a_len, np.int64)[:, None]
+    b_start = np.asarray(plan.b_start, np.int64)[:, None]
+    lb = np.asarray(plan.b_len, np.int64)[:, None]
+    a_part = la + 2
+    length = a_part + (lb + 1 if cfg.nsp else 0)
+    in_a = (pos >= 1) & (pos <= la)
+    in_b = (pos >= a_part) & (pos < a_part + lb)
+    src = np.where(in_a, a_start + pos - 1, b_start + pos - a_part)
+    ids = np.full((N, L), pad_id, np.int64)
+    take = in_a | in_b
+    ids[take] = unit.tokens[src[take]]
+    rows = np.arange(N)
+    ids[:, 0] = cls_id
+    ids[rows, a_part[:, 0] - 1] = sep_id
+    if cfg.nsp:
+        ids[rows, length[:, 0] - 1] = sep_id
+    return {
+        "input_ids": ids.astype(dtype),
+        "lengths": length[:, 0].astype(np.uint16),
+        "a_lengths": a_part[:, 0].astype(np.uint16),
+        "next_sentence_labels": np.asarray(plan.label, np.uint8),
+    }
+
+
+def unit_instances(unit: TokenizedUnit, unit_index: int, cfg: InstanceConfig,
+                   rules: masking.MaskingRules, special: tuple[int, int, int],
+                   dtype=np.uint16) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """All passes over one unit: the shard's arrays (shuffled) and its counts.
+
+    `special` is (cls_id, sep_id, pad_id). Static masking adds masked_lm_positions and
+    masked_lm_ids ([N, P], 0 where padded) and masks input_ids.
+    """
+    plan = Plan()
+    if unit.num_documents:
+        for dupe in range(cfg.dupe_factor):
+            plan_pass(unit, cfg, Uniforms(cfg.random_seed, PLAN, unit_index, dupe), plan)
+    arrays = build_sequences(unit, plan, cfg, *special, dtype=dtype)
+    N = len(plan)
+    order = Uniforms(cfg.random_seed, SHUFFLE, unit_index).permutation(N)
+    arrays = {k: v[order] for k, v in arrays.items()}
+    if cfg.masking == "static":
+        keys = derive_key(cfg.random_seed, STATIC_MASK, unit_index, np.arange(N))
+        m = masking.mask_batch(arrays["input_ids"], arrays["lengths"], keys, rules)
+        arrays["input_ids"] = m.input_ids
+        arrays["masked_lm_positions"] = m.positions.astype(np.uint16)
+        arrays["masked_lm_ids"] = m.ids.astype(dtype)
+    labels = arrays["next_sentence_labels"]
+    counts = {
+        "instances": N,
+        "documents": unit.num_documents,
+        "tokens": int(unit.sent_start[-1]),
+        "random_next": int(labels.sum()),
+        "short_target_passes": plan.short_targets,
+        "same_document_random_next": plan.same_document_random_next,
+        "real_tokens": int(arrays["lengths"].astype(np.int64).sum()),
+    }
+    return arrays, counts
