@@ -173,10 +173,16 @@ def create_pretraining_data(
                dtype.str)
     done = {int(p.name.split("-")[1]) for p in root.glob("shard-*") if p.is_dir()}
     read_stats = documents.ReadStats()
-    made = _run_units(files, input_format, unit_bytes, read_stats, job, tokenizer, done,
-                      num_workers, progress, cfg.nsp)
-    if read_stats.documents == 0:
-        raise UserError(f"no text found in {', '.join(map(str, files))} (all empty?)")
+    try:
+        made = _run_units(files, input_format, unit_bytes, read_stats, job, tokenizer, done,
+                          num_workers, progress, cfg.nsp)
+        if read_stats.documents == 0:
+            raise UserError(f"no text found in {', '.join(map(str, files))} (all empty?)")
+    except UserError:
+        if not any(root.glob("shard-*")):  # nothing made: leave the directory as it was
+            (root / shards.METADATA).unlink()
+            (root / "is_continuation.npy").unlink()
+        raise
 
     num_units = made["units"]
     stale = sorted(i for i in done if i >= num_units)

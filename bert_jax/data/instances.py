@@ -126,6 +126,7 @@ class Plan:
     target: list[int] = dataclasses.field(default_factory=list)  # the target length used
     document: list[int] = dataclasses.field(default_factory=list)
     random_document: list[int] = dataclasses.field(default_factory=list)  # -1: is next
+    chunk_sentences: list[int] = dataclasses.field(default_factory=list)
     short_targets: int = 0  # documents (x passes) given a short target
     same_document_random_next: int = 0  # all 10 draws hit the current document
 
@@ -192,7 +193,7 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
             if not cfg.nsp:
                 lo, n = starts[chunk], starts[i + 1] - starts[chunk]
                 fa, ba, _, _ = _truncation(n, 0, max_num, u)
-                _append(plan, lo + fa, n - fa - ba, 0, 0, 0, target, d, -1)
+                _append(plan, lo + fa, n - fa - ba, 0, 0, 0, target, d, -1, k)
                 chunk = i = i + 1
                 continue
             a_end = 1 if k < 2 else u.randint(1, k - 1)
@@ -220,13 +221,13 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
                 lb = starts[i + 1] - b_lo
             fa, ba, fb, bb = _truncation(la, lb, max_num, u)
             _append(plan, a_lo + fa, la - fa - ba, b_lo + fb, lb - fb - bb, label, target,
-                    d, r)
+                    d, r, k)
             chunk = i = i + 1
     return plan
 
 
 def _append(plan: Plan, a_start: int, a_len: int, b_start: int, b_len: int, label: int,
-            target: int, doc: int, random_doc: int) -> None:
+            target: int, doc: int, random_doc: int, chunk_sentences: int) -> None:
     plan.a_start.append(a_start)
     plan.a_len.append(a_len)
     plan.b_start.append(b_start)
@@ -235,6 +236,7 @@ def _append(plan: Plan, a_start: int, a_len: int, b_start: int, b_len: int, labe
     plan.target.append(target)
     plan.document.append(doc)
     plan.random_document.append(random_doc)
+    plan.chunk_sentences.append(chunk_sentences)
 
 
 def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id: int,
