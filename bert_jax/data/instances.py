@@ -114,24 +114,31 @@ def tokenize_unit(documents: list[list[str]], backend) -> TokenizedUnit:
     return TokenizedUnit(tokens, sent_start, doc_first)
 
 
+_PLAN_FIELDS = ("a_start", "a_len", "b_start", "b_len", "label", "target", "document",
+                "random_document", "chunk_sentences")
+
+
 @dataclasses.dataclass
 class Plan:
-    """Instances as offsets into `TokenizedUnit.tokens` (one entry per instance)."""
+    """Instances as offsets into `TokenizedUnit.tokens`: one tuple per instance of
+    (a_start, a_len, b_start, b_len, label (1 = random next), target (the target length
+    used), document, random_document (-1: is next), chunk_sentences)."""
 
-    a_start: list[int] = dataclasses.field(default_factory=list)
-    a_len: list[int] = dataclasses.field(default_factory=list)
-    b_start: list[int] = dataclasses.field(default_factory=list)
-    b_len: list[int] = dataclasses.field(default_factory=list)
-    label: list[int] = dataclasses.field(default_factory=list)  # 1 = random next
-    target: list[int] = dataclasses.field(default_factory=list)  # the target length used
-    document: list[int] = dataclasses.field(default_factory=list)
-    random_document: list[int] = dataclasses.field(default_factory=list)  # -1: is next
-    chunk_sentences: list[int] = dataclasses.field(default_factory=list)
+    rows: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
     short_targets: int = 0  # documents (x passes) given a short target
     same_document_random_next: int = 0  # all 10 draws hit the current document
 
     def __len__(self) -> int:
-        return len(self.a_len)
+        return len(self.rows)
+
+    def column(self, name: str) -> np.ndarray:
+        table = np.array(self.rows, np.int64).reshape(len(self.rows), len(_PLAN_FIELDS))
+        return table[:, _PLAN_FIELDS.index(name)]
+
+    def __getattr__(self, name: str) -> np.ndarray:  # plan.label, plan.a_len, ...
+        if name in _PLAN_FIELDS:
+            return self.column(name)
+        raise AttributeError(name)
 
 
 def _truncation(la: int, lb: int, max_num: int, u: Uniforms) -> tuple[int, int, int, int]:
@@ -152,18 +159,22 @@ def _truncation(la: int, lb: int, max_num: int, u: Uniforms) -> tuple[int, int, 
         first = min(k, lb - la + 1)
         rest = k - first
         na, nb = rest - rest // 2, first + rest // 2
-    fa, fb = _heads(na, u), _heads(nb, u)
+    if k <= 53:  # the usual case: one draw decides every cut
+        bits = int(u.u() * 9007199254740992.0)
+        fa = (bits & ((1 << na) - 1)).bit_count()
+        fb = (bits >> na & ((1 << nb) - 1)).bit_count()
+    else:
+        fa, fb = _heads(na, u), _heads(nb, u)
     return fa, na - fa, fb, nb - fb
 
 
 def _heads(n: int, u: Uniforms) -> int:
     """How many of n fair coin flips come up heads, 53 flips per uniform draw (the bits
-    of a U[0, 1) double from numpy are 53 independent fair bits)."""
+    of a U[0, 1) double from numpy are 53 independent fair bits; `* 2**53` is exact)."""
     heads = 0
     while n > 0:
         take = min(n, 53)
-        bits = int(u.u() * 9007199254740992.0)  # * 2**53: exact
-        heads += (bits & ((1 << take) - 1)).bit_count()
+        heads += (int(u.u() * 9007199254740992.0) & ((1 << take) - 1)).bit_count()
         n -= take
     return heads
 
@@ -172,6 +183,7 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
               plan: Plan | None = None) -> Plan:
     """One pass (one dupe) over the unit's documents; appends to and returns `plan`."""
     plan = plan if plan is not None else Plan()
+    append = plan.rows.append
     starts, first = unit.sent_start, unit.doc_first
     D = unit.num_documents
     max_num = cfg.max_num_tokens
@@ -193,7 +205,7 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
             if not cfg.nsp:
                 lo, n = starts[chunk], starts[i + 1] - starts[chunk]
                 fa, ba, _, _ = _truncation(n, 0, max_num, u)
-                _append(plan, lo + fa, n - fa - ba, 0, 0, 0, target, d, -1, k)
+                append((lo + fa, n - fa - ba, 0, 0, 0, target, d, -1, k))
                 chunk = i = i + 1
                 continue
             a_end = 1 if k < 2 else u.randint(1, k - 1)
@@ -220,23 +232,9 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
                 b_lo = starts[chunk + a_end]
                 lb = starts[i + 1] - b_lo
             fa, ba, fb, bb = _truncation(la, lb, max_num, u)
-            _append(plan, a_lo + fa, la - fa - ba, b_lo + fb, lb - fb - bb, label, target,
-                    d, r, k)
+            append((a_lo + fa, la - fa - ba, b_lo + fb, lb - fb - bb, label, target, d, r, k))
             chunk = i = i + 1
     return plan
-
-
-def _append(plan: Plan, a_start: int, a_len: int, b_start: int, b_len: int, label: int,
-            target: int, doc: int, random_doc: int, chunk_sentences: int) -> None:
-    plan.a_start.append(a_start)
-    plan.a_len.append(a_len)
-    plan.b_start.append(b_start)
-    plan.b_len.append(b_len)
-    plan.label.append(label)
-    plan.target.append(target)
-    plan.document.append(doc)
-    plan.random_document.append(random_doc)
-    plan.chunk_sentences.append(chunk_sentences)
 
 
 def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id: int,
@@ -244,29 +242,28 @@ def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id
     """The unmasked sequences of a plan: input_ids [N, L], lengths [N] (all real tokens),
     a_lengths [N] (the tokens of `[CLS] A [SEP]`), next_sentence_labels [N]."""
     N, L = len(plan), cfg.max_seq_length
+    table = np.array(plan.rows, np.int64).reshape(N, len(_PLAN_FIELDS))
+    a_start, la, b_start, lb = (table[:, i:i + 1] for i in range(4))
     pos = np.arange(L)[None, :]
-    a_start = np.asarray(plan.a_start, np.int64)[:, None]
-    la = np.asarray(plan.a_len, np.int64)[:, None]
-    b_start = np.asarray(plan.b_start, np.int64)[:, None]
-    lb = np.asarray(plan.b_len, np.int64)[:, None]
-    a_part = la + 2
+    a_part = la + 2  # [CLS] A [SEP]
     length = a_part + (lb + 1 if cfg.nsp else 0)
-    in_a = (pos >= 1) & (pos <= la)
-    in_b = (pos >= a_part) & (pos < a_part + lb)
-    src = np.where(in_a, a_start + pos - 1, b_start + pos - a_part)
-    ids = np.full((N, L), pad_id, np.int64)
-    take = in_a | in_b
-    ids[take] = unit.tokens[src[take]]
+    # One gather for all positions: A's token, else B's, else a placeholder.
+    src = np.where(pos <= la, a_start + pos - 1, b_start + pos - a_part)
+    np.clip(src, 0, max(len(unit.tokens) - 1, 0), out=src)
+    tokens = unit.tokens if len(unit.tokens) else np.zeros(1, np.int32)
+    ids = tokens[src]
+    ids[pos >= length] = pad_id
     rows = np.arange(N)
     ids[:, 0] = cls_id
     ids[rows, a_part[:, 0] - 1] = sep_id
     if cfg.nsp:
         ids[rows, length[:, 0] - 1] = sep_id
+    plan_label = table[:, 4]
     return {
         "input_ids": ids.astype(dtype),
         "lengths": length[:, 0].astype(np.uint16),
         "a_lengths": a_part[:, 0].astype(np.uint16),
-        "next_sentence_labels": np.asarray(plan.label, np.uint8),
+        "next_sentence_labels": plan_label.astype(np.uint8),
     }
 
 

@@ -9,7 +9,10 @@
 Order: epoch e visits the dataset in a pseudo-random permutation keyed by (seed, e) (a
 Feistel network with cycle walking, so it costs no memory however large the dataset
 is: shards are memory-mapped and rows are read where the permutation points). This is
-the global shuffle across shards; create-data only shuffles within a shard.
+the global shuffle across shards; create-data only shuffles within a shard. Every
+shard's file sizes are checked against its index when the loader opens; a shard is
+mapped when first read, and only the `max_open_shards` most recently read stay mapped
+(so a dataset of many thousand shards stays within the OS's limit on mappings).
 
 Hosts: global batch b of an epoch is the permutation's entries
 [b * B * H, (b + 1) * B * H); host h takes the h-th slice of B. Hosts never share an
@@ -28,6 +31,7 @@ drop_remainder=False). Every host yields the same number of batches.
 
 from __future__ import annotations
 
+import collections
 import math
 from pathlib import Path
 from typing import Any
@@ -70,7 +74,7 @@ class PretrainingLoader:
                  process_count: int = 1, masking: str | None = None,
                  masked_lm_prob: float = 0.15, max_predictions_per_seq: int | None = None,
                  whole_word_masking: bool | None = None, drop_remainder: bool = True,
-                 verify: bool = False) -> None:
+                 verify: bool = False, max_open_shards: int = 1024) -> None:
         self.data_dir = Path(data_dir)
         meta = shards.read_metadata(self.data_dir)
         if not meta.get("complete"):
@@ -85,18 +89,24 @@ class PretrainingLoader:
         self.shuffle, self.repeat, self.drop_remainder = shuffle, repeat, drop_remainder
         self.process_index, self.process_count = process_index, process_count
 
-        self._arrays: list[dict[str, np.ndarray]] = []
+        # Every shard is checked now (cheap: sizes against its index); its arrays are
+        # memory-mapped when first read, and at most `max_open_shards` stay mapped.
+        self._shards: list[tuple[Path, dict[str, Any]]] = []
         counts = []
         for entry in meta["shards"]:
             path = self.data_dir / entry["name"]
             if not path.is_dir():
                 raise UserError(f"shard {path} is missing; re-create the dataset")
-            n, arrays = shards.open_shard(path, verify=verify)
-            if n != entry["num_instances"]:
-                raise UserError(f"shard {path} holds {n} instances, metadata.json says "
-                                f"{entry['num_instances']}; re-create the dataset")
-            counts.append(n)
-            self._arrays.append(arrays)
+            index = shards.check_shard(path, verify=verify)
+            if index["num_instances"] != entry["num_instances"]:
+                raise UserError(f"shard {path} holds {index['num_instances']} instances, "
+                                f"metadata.json says {entry['num_instances']}; re-create "
+                                "the dataset")
+            counts.append(entry["num_instances"])
+            self._shards.append((path, index))
+        self._open: collections.OrderedDict[int, dict[str, np.ndarray]] = (
+            collections.OrderedDict())
+        self._max_open = max_open_shards
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.num_examples = int(self._offsets[-1])
 
@@ -216,6 +226,16 @@ class PretrainingLoader:
             batch["example_weight"] = real.astype(np.float32)
         return batch
 
+    def _arrays(self, s: int) -> dict[str, np.ndarray]:
+        """Shard s's memory-mapped arrays (least recently used ones are unmapped)."""
+        arrays = self._open.pop(s, None)
+        if arrays is None:
+            arrays = shards.open_shard(*self._shards[s])
+            while len(self._open) >= self._max_open:
+                self._open.popitem(last=False)
+        self._open[s] = arrays
+        return arrays
+
     def _gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Rows `idx` (global indices) of every array, read from the memory-mapped shards."""
         shard_of = np.searchsorted(self._offsets, idx, side="right") - 1
@@ -223,7 +243,7 @@ class PretrainingLoader:
         for s in np.unique(shard_of):
             sel = np.nonzero(shard_of == s)[0]
             local = idx[sel] - self._offsets[s]
-            for name, array in self._arrays[s].items():
+            for name, array in self._arrays(int(s)).items():
                 if name not in out:
                     out[name] = np.empty((len(idx),) + array.shape[1:], array.dtype)
                 out[name][sel] = array[local]

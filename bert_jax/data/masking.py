@@ -79,13 +79,22 @@ def word_starts(input_ids: np.ndarray, cand: np.ndarray, rules: MaskingRules) ->
     return cand & ~(cont & prev_cand)
 
 
-def _select_tokens(order_bits: np.ndarray, cand: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Without whole words: the n[i] candidates of row i with the smallest random keys."""
+def _select_tokens(order_bits: np.ndarray, cand: np.ndarray, n: np.ndarray,
+                   max_n: int) -> np.ndarray:
+    """Without whole words: the n[i] candidates of row i with the smallest random keys.
+
+    A partial sort finds each row's n-th smallest key (n <= max_n); the chosen are the
+    candidates at or below it (64-bit keys: ties have probability ~2**-64).
+    """
     keys = np.where(cand, order_bits, np.uint64(np.iinfo(np.uint64).max))
-    ranked = np.argsort(keys, axis=1, kind="stable")
-    rank = np.empty_like(ranked)
-    np.put_along_axis(rank, ranked, np.arange(keys.shape[1])[None, :], axis=1)
-    return cand & (rank < n[:, None])
+    L = keys.shape[1]
+    if max_n < L:
+        smallest = np.sort(np.partition(keys, max_n - 1, axis=1)[:, :max_n], axis=1)
+    else:
+        smallest = np.sort(keys, axis=1)
+    rows = np.arange(len(keys))
+    threshold = smallest[rows, np.clip(n - 1, 0, smallest.shape[1] - 1)]
+    return cand & (keys <= threshold[:, None]) & (n[:, None] > 0)
 
 
 def _select_words(order_bits: np.ndarray, cand: np.ndarray, starts: np.ndarray,
@@ -132,7 +141,7 @@ def mask_batch(input_ids: np.ndarray, lengths: np.ndarray, keys: np.ndarray,
     if rules.whole_word:
         chosen = _select_words(order_bits, cand, word_starts(input_ids, cand, rules), n)
     else:
-        chosen = _select_tokens(order_bits, cand, n)
+        chosen = _select_tokens(order_bits, cand, n, P)
 
     rows, cols = np.nonzero(chosen)  # row-major: positions ascending within a row
     first = np.searchsorted(rows, np.arange(N))

@@ -14,6 +14,9 @@ that a result depends on *what* is computed, not on which process computes it or
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import chain
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -57,25 +60,25 @@ def hash_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
 
 class Uniforms:
     """A stream of U[0, 1) floats seeded by integers; `u()` draws one, `randint(lo, hi)`
-    one integer in [lo, hi] inclusive (as Python's `random.randint`)."""
+    one integer in [lo, hi] inclusive (as Python's `random.randint`).
+
+    `u` is the `__next__` of an iterator over pre-drawn blocks, a C-level call: the
+    instance planner draws a few per instance and this keeps them cheap.
+    """
 
     _BLOCK = 8192
 
     def __init__(self, *seed: int) -> None:
         self._gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(seed))))
-        self._buf: list[float] = []
-        self._i = 0
+        self.u = chain.from_iterable(self._blocks()).__next__
 
-    def u(self) -> float:
-        if self._i == len(self._buf):
-            self._buf = self._gen.random(self._BLOCK).tolist()
-            self._i = 0
-        self._i += 1
-        return self._buf[self._i - 1]
+    def _blocks(self) -> Iterator[list[float]]:
+        while True:
+            yield self._gen.random(self._BLOCK).tolist()
 
     def randint(self, lo: int, hi: int) -> int:
         return lo + int(self.u() * (hi - lo + 1))
 
     def permutation(self, n: int) -> np.ndarray:
-        """A random permutation of range(n), from the same generator."""
+        """A random permutation of range(n) (use a stream for this or for `u`, not both)."""
         return self._gen.permutation(n)

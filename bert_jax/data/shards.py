@@ -100,36 +100,44 @@ def read_index(shard: Path) -> dict[str, Any]:
                         "and re-run create-data to rewrite it") from None
 
 
-def open_shard(shard: Path, *, verify: bool = False) -> tuple[int, dict[str, np.ndarray]]:
-    """(instance count, {name: read-only memmap}) after checking every file against the
-    index: size always, sha256 too with `verify`. Any mismatch is a UserError naming
-    the shard."""
+_FIX = "delete the shard directory and re-run create-data to rewrite it"
+
+
+def check_shard(shard: Path, *, verify: bool = False) -> dict[str, Any]:
+    """The shard's index after checking every file's size against it (and its sha256
+    with `verify`); any mismatch is a UserError naming the shard."""
     index = read_index(shard)
+    for name, info in index["files"].items():
+        path = shard / f"{name}.npy"
+        if not path.exists():
+            raise UserError(f"shard {shard} is missing {path.name}; {_FIX}")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise UserError(f"shard {shard}: {path.name} has {size} bytes, the index says "
+                            f"{info['bytes']} (truncated or corrupt); {_FIX}")
+        if verify and _sha256(path) != info["sha256"]:
+            raise UserError(f"shard {shard}: {path.name} fails its sha256 check (corrupt); "
+                            f"{_FIX}")
+    return index
+
+
+def open_shard(shard: Path, index: dict[str, Any]) -> dict[str, np.ndarray]:
+    """{name: read-only memmap} of a checked shard; a bad .npy header is a UserError."""
     n = int(index["num_instances"])
     arrays = {}
     for name, info in index["files"].items():
         path = shard / f"{name}.npy"
-        fix = "delete the shard directory and re-run create-data to rewrite it"
-        if not path.exists():
-            raise UserError(f"shard {shard} is missing {path.name}; {fix}")
-        size = path.stat().st_size
-        if size != info["bytes"]:
-            raise UserError(f"shard {shard}: {path.name} has {size} bytes, the index says "
-                            f"{info['bytes']} (truncated or corrupt); {fix}")
-        if verify and _sha256(path) != info["sha256"]:
-            raise UserError(f"shard {shard}: {path.name} fails its sha256 check (corrupt); "
-                            f"{fix}")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
-            raise UserError(f"shard {shard}: cannot read {path.name} ({e}); {fix}") from None
+            raise UserError(f"shard {shard}: cannot read {path.name} ({e}); {_FIX}") from None
         if list(array.shape) != info["shape"] or array.dtype.str != info["dtype"] or (
                 array.shape[:1] != (n,)):
             raise UserError(f"shard {shard}: {path.name} has shape {array.shape} "
                             f"{array.dtype}, the index says {info['shape']} {info['dtype']} "
-                            f"(corrupt); {fix}")
+                            f"(corrupt); {_FIX}")
         arrays[name] = array
-    return n, arrays
+    return arrays
 
 
 def read_metadata(root: str | Path) -> dict[str, Any]:
