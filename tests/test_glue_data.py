@@ -207,6 +207,16 @@ def test_featurize_matches_transformers():
     assert "labels" not in cola_test and not cola_test["token_type_ids"].any()
 
 
+def test_crlf_and_headerless_copies_read_the_same(tmp_path):
+    _write(tmp_path / "RTE" / "dev.tsv",
+           "index\tsentence1\tsentence2\tlabel\r\n0\tA cat sat.\tA cat\rsat.\tentailment\r\n")
+    _write(tmp_path / "WNLI" / "dev.tsv", "7\tIt rained.\tIt was wet.\t1")  # no header, no EOL
+    assert glue.read_split("RTE", tmp_path, "dev") == [
+        glue.Example("0", "A cat sat.", "A cat\rsat.", 0)]  # a stray CR inside a field stays
+    assert glue.read_split("WNLI", tmp_path, "dev") == [
+        glue.Example("7", "It rained.", "It was wet.", 1)]
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 def _write(path: Path, text: str) -> Path:

@@ -41,7 +41,7 @@ class Layout:
     index: int | None = None  # the row's own id column, kept as the example's guid
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # registry singletons: hashed by identity
 class TaskSpec:
     """One GLUE task: its labels, metrics, files and test-server names."""
 
