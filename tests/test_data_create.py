@@ -5,6 +5,10 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +108,32 @@ def test_metadata_describes_the_data(reference, tokenizer):
     assert sum(s["num_instances"] for s in meta["shards"]) == meta["num_instances"]
     assert meta["stats"]["documents"] == 60 and meta["stats"]["invalid_utf8_lines"] == 0
     assert stats["num_instances"] == meta["num_instances"]
+
+
+@pytest.mark.multiprocess
+def test_a_killed_run_resumes_to_the_same_bytes(tmp_path, tokenizer):
+    valid = str(shared_file("corpus", "wikitext-2-raw", "valid.txt"))
+    vocab = str(shared_file("vocab", "bert-base-cased", "vocab.txt"))
+    knobs = {**KNOBS, "instances_per_shard": 500}
+    out = tmp_path / "killed"
+    script = (
+        "import sys\n"
+        "from bert_jax.data import create_pretraining_data\n"
+        "from bert_jax.tokenizer import Tokenizer\n"
+        f"create_pretraining_data([{valid!r}] * 4, {str(out)!r}, "
+        f"Tokenizer.from_vocab({vocab!r}), **{knobs!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("shard-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the run finished before it could be killed")
+    with pytest.raises(UserError, match="incomplete"):
+        PretrainingLoader(out, 8)
+    resumed = create_pretraining_data([valid] * 4, str(out), tokenizer, **knobs)
+    assert 0 < resumed["new_shards"] < resumed["output_dir_shards"]
+    fresh = tmp_path / "fresh"
+    create_pretraining_data([valid] * 4, str(fresh), tokenizer, **knobs)
+    assert _identical(fresh, out)
