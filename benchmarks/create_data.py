@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
         cpu = _cpu_seconds() - cpu0  # the workers have exited: their time is counted
     finally:
         shutil.rmtree(out)
-    print(json.dumps({**{k: stats[k] for k in ("num_instances", "seconds", "output_dir_shards")},
+    print(json.dumps({**{k: stats[k] for k in ("num_instances", "seconds", "num_shards")},
                       "cpu_seconds": cpu}))
 
 
@@ -124,7 +124,7 @@ def main() -> None:
             rates = [r["num_instances"] / r["seconds"] for r in runs]
             per_cpu = [r["num_instances"] / r["cpu_seconds"] for r in runs]
             row = {"data": name, "workers": workers, "instances": runs[0]["num_instances"],
-                   "shards": runs[0]["output_dir_shards"],
+                   "shards": runs[0]["num_shards"],
                    "inst_per_s_best": max(rates), "inst_per_s_median": statistics.median(rates),
                    "inst_per_s_per_process_best": max(rates) / workers,
                    "inst_per_s_per_process_median": statistics.median(rates) / workers,

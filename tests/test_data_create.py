@@ -49,7 +49,7 @@ def _identical(a: Path, b: Path) -> bool:
 @pytest.mark.multiprocess
 def test_byte_identical_with_one_and_two_workers(tmp_path, tokenizer, reference):
     ref, stats = reference
-    assert stats["output_dir_shards"] >= 4
+    assert stats["num_shards"] >= 4
     out = tmp_path / "two_workers"
     create_pretraining_data([str(shared_file("corpus", "wikitext-2-raw", "valid.txt"))],
                             str(out), tokenizer, num_workers=2, **KNOBS)
@@ -133,7 +133,7 @@ def test_a_killed_run_resumes_to_the_same_bytes(tmp_path, tokenizer):
     with pytest.raises(UserError, match="incomplete"):
         PretrainingLoader(out, 8)
     resumed = create_pretraining_data([valid] * 4, str(out), tokenizer, **knobs)
-    assert 0 < resumed["new_shards"] < resumed["output_dir_shards"]
+    assert 0 < resumed["new_shards"] < resumed["num_shards"]
     fresh = tmp_path / "fresh"
     create_pretraining_data([valid] * 4, str(fresh), tokenizer, **knobs)
     assert _identical(fresh, out)

@@ -125,7 +125,7 @@ def run_create_data(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": args.output, **stats}, sort_keys=True))
     else:
-        keys = ("num_instances", "output_dir_shards", "documents", "sentences", "tokens",
+        keys = ("num_instances", "num_shards", "documents", "sentences", "tokens",
                 "random_next", "empty_files", "invalid_utf8_lines", "split_documents",
                 "single_sentence_documents", "seconds", "instances_per_second")
         print(f"wrote {args.output}")

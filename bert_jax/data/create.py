@@ -11,6 +11,10 @@ depends only on (random_seed, unit index, ...), the shards are byte-identical wh
 A re-run with the same inputs and knobs keeps the finished shards and makes only the
 missing ones; a finished dataset is returned as is; an output directory made with
 other knobs is refused.
+
+Workers are spawned (not forked: the caller may hold JAX or tokenizer threads), so a
+script that calls this with `num_workers > 1` needs the usual
+`if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
@@ -138,22 +142,9 @@ def create_pretraining_data(
              "vocab_size": facts["vocab_size"], "vocab_sha256": facts["vocab_sha256"],
              "inputs": [{"name": f.name, "bytes": f.stat().st_size} for f in files]}
     started = time.perf_counter()
-    if (root / shards.METADATA).exists():
-        meta = shards.read_metadata(root)
-        diff = {k: f"{k}: {meta.get(k)!r} there, {v!r} now" for k, v in knobs.items()
-                if meta.get(k) != v}
-        if diff:
-            if len(diff) > 1:
-                diff.pop("unit_bytes", None)  # it follows from the other knobs
-            raise UserError(f"{root} holds data made with other settings "
-                            f"({'; '.join(diff.values())}); "
-                            "choose another output directory or delete it")
-        if meta.get("complete"):
-            log.info("%s is already complete (%d instances)", root, meta["num_instances"])
-            return {**_summary(meta), "already_complete": True}
-    elif any(root.iterdir()):
-        raise UserError(f"output directory {root} is not empty and holds no dataset; "
-                        "choose an empty or new directory")
+    finished = _check_existing(root, knobs)
+    if finished is not None:
+        return finished
     removed = shards.clean_temporaries(root)
     if removed:
         log.warning("removed %d unfinished shard(s) of an interrupted run in %s", removed, root)
@@ -184,7 +175,38 @@ def create_pretraining_data(
             (root / "is_continuation.npy").unlink()
         raise
 
-    num_units = made["units"]
+    meta = _finish(root, base, made["units"], done, read_stats)
+    seconds = time.perf_counter() - started
+    _log_skips(meta["stats"], root)
+    return {**_summary(meta), "seconds": seconds, "new_shards": made["new"],
+            "instances_per_second": made["new_instances"] / max(seconds, 1e-9)}
+
+
+def _check_existing(root: Path, knobs: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuses a directory made with other knobs; returns the stats of a finished one."""
+    if not (root / shards.METADATA).exists():
+        if any(root.iterdir()):
+            raise UserError(f"output directory {root} is not empty and holds no dataset; "
+                            "choose an empty or new directory")
+        return None
+    meta = shards.read_metadata(root)
+    diff = {k: f"{k}: {meta.get(k)!r} there, {v!r} now" for k, v in knobs.items()
+            if meta.get(k) != v}
+    if diff:
+        if len(diff) > 1:
+            diff.pop("unit_bytes", None)  # it follows from the other knobs
+        raise UserError(f"{root} holds data made with other settings "
+                        f"({'; '.join(diff.values())}); "
+                        "choose another output directory or delete it")
+    if meta.get("complete"):
+        log.info("%s is already complete (%d instances)", root, meta["num_instances"])
+        return {**_summary(meta), "already_complete": True}
+    return None
+
+
+def _finish(root: Path, base: dict[str, Any], num_units: int, done: set[int],
+            read_stats: documents.ReadStats) -> dict[str, Any]:
+    """Writes the final metadata.json from the shards' indexes; returns it."""
     stale = sorted(i for i in done if i >= num_units)
     if stale:
         raise UserError(f"{root} has shards past the last unit ({stale}); delete the "
@@ -198,14 +220,11 @@ def create_pretraining_data(
     meta = {**base, "complete": True, "shards": shard_list,
             "num_instances": int(totals["instances"]), "stats": stats}
     shards.write_json_atomic(root / shards.METADATA, meta)
-    seconds = time.perf_counter() - started
-    _log_skips(stats, root)
-    return {**_summary(meta), "seconds": seconds, "new_shards": made["new"],
-            "instances_per_second": made["new_instances"] / max(seconds, 1e-9)}
+    return meta
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
-    return {"output_dir_shards": len(meta["shards"]), "num_instances": meta["num_instances"],
+    return {"num_shards": len(meta["shards"]), "num_instances": meta["num_instances"],
             **meta["stats"]}
 
 
