@@ -1,6 +1,8 @@
 """Pre-training data: raw text -> sharded MLM(+NSP) instances -> a resumable batch loader.
 
     from bert_jax import data
+    from bert_jax.tokenizer import Tokenizer
+
     vocab = data.train_vocab([str(data.demo_corpus_path())], "vocab", vocab_size=4000)
     tok = Tokenizer.from_vocab(vocab)
     data.create_pretraining_data([str(data.demo_corpus_path())], "demo128", tok)

@@ -25,7 +25,7 @@ def _lines(files: Sequence[Path], stats: documents.ReadStats) -> Iterator[str]:
         yield from doc
 
 
-def train_vocab(files: Sequence[str], output_dir: str | Path, vocab_size: int = 8000, *,
+def train_vocab(files: Sequence[str], output_dir: str | Path, vocab_size: int = 8000,
                 lowercase: bool = False, min_frequency: int = 2) -> Path:
     """Trains a WordPiece vocab on `files` (paths or globs); writes `output_dir/vocab.txt`
     (and `tokenizer_config.json` with `do_lower_case`); returns the vocab path."""
