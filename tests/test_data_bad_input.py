@@ -170,3 +170,11 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert cli.main(["create-data", "--input", str(tmp_path / "nope.txt"), "--output",
                      str(tmp_path / "o"), "--vocab", str(tmp_path / "v.txt")]) == 2
     assert capsys.readouterr().err.strip() == f"error: input file not found: {tmp_path}/nope.txt"
+
+
+def test_documents_without_tokens_are_counted(tmp_path, tokenizer, caplog):
+    # Control characters only: the BERT normaliser removes them, leaving no tokens.
+    with caplog.at_level(logging.WARNING):
+        stats = _make(tmp_path, tokenizer, TWO_DOCS + "\n\x01\x02\x03\n\x07\n")
+    assert stats["documents"] == 3 and stats["documents_without_tokens"] == 1
+    assert "no tokens" in caplog.text

@@ -217,6 +217,7 @@ def _finish(root: Path, base: dict[str, Any], num_units: int, done: set[int],
         shard_list.append({"name": shards.shard_name(i), "num_instances": index["num_instances"]})
         totals.update(index["counts"])
     stats = {**dataclasses.asdict(read_stats), **dict(totals)}
+    stats["documents_without_tokens"] = stats["documents"] - stats["documents_with_tokens"]
     meta = {**base, "complete": True, "shards": shard_list,
             "num_instances": int(totals["instances"]), "stats": stats}
     shards.write_json_atomic(root / shards.METADATA, meta)
@@ -232,6 +233,8 @@ def _log_skips(stats: dict[str, Any], root: Path) -> None:
     for key, what in (("empty_files", "empty input files skipped"),
                       ("invalid_utf8_lines", "lines had invalid UTF-8 bytes (dropped)"),
                       ("split_documents", "over-long documents were cut into parts"),
+                      ("documents_without_tokens",
+                       "documents had no tokens once tokenized (skipped)"),
                       ("single_sentence_documents",
                        "one-sentence documents (always paired with a random next)"),
                       ("same_document_random_next",

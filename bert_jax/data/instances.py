@@ -292,7 +292,7 @@ def unit_instances(unit: TokenizedUnit, unit_index: int, cfg: InstanceConfig,
     labels = arrays["next_sentence_labels"]
     counts = {
         "instances": N,
-        "documents": unit.num_documents,
+        "documents_with_tokens": unit.num_documents,
         "tokens": int(unit.sent_start[-1]),
         "random_next": int(labels.sum()),
         "short_target_passes": plan.short_targets,
