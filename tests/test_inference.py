@@ -164,6 +164,10 @@ def test_bucket_rules_by_hand():
     assert b.mask_slots(1, 16) == 8 and b.mask_slots(8, 32) == 8
     assert b.mask_slots(9, 32) == 32  # more [MASK]s than slots: every position
     assert b.max_compilations("fill_mask") == 3 * 3 * 2
+    capped = Buckets(max_tokens=2048)
+    assert list(capped.chunks(20, length=128)) == [(8, 8), (8, 8), (4, 8)]  # 32 x 128 > 2048
+    assert list(capped.chunks(20, length=64)) == [(20, 32)]
+    assert list(capped.chunks(3, length=4096)) == [(1, 1)] * 3  # the smallest always fits
 
 
 @pytest.mark.slow

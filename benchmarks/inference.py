@@ -1,0 +1,203 @@
+"""Inference throughput: bert-jax vs transformers' PyTorch BERT, side by side in one run.
+
+  python benchmarks/inference.py                          # bert-base, seq 128, batch 1/8/32
+  python benchmarks/inference.py --batch-sizes 8 --json
+  python benchmarks/inference.py --preset tiny --seq-len 64 --min-time 0.2  # smoke
+
+Random weights of the preset's shape, random token ids, every position attended,
+fp32 (bert-jax `--dtype bfloat16` computes in bf16), dropout off. Three workloads:
+
+  encoder           BertModel forward: last hidden state + pooler, both sides.
+  pretraining       BertForPreTraining with both heads. bert-jax projects only the
+                    `--predictions` masked positions per sequence onto the vocabulary
+                    (what fill-mask and MLM training do); PyTorch projects all positions,
+                    as transformers always does, so this ratio includes the work saved.
+  pretraining-all   BertForPreTraining, every position projected on both sides: the
+                    like-for-like number.
+
+Each measurement compiles/warms up both sides, then times calls, alternating bert-jax
+and PyTorch call by call (jax.block_until_ready; torch.inference_mode with torch threads
+= the usable cores), until each side has `--min-iters` calls and `--min-time` seconds,
+and reports sequences/s from the median call (and the best call, in brackets). On a
+shared machine run it more than once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bert_jax import config as config_lib
+from bert_jax import model as modeling
+
+WORKLOADS = ("encoder", "pretraining", "pretraining-all")
+
+
+def make_inputs(cfg: config_lib.BertConfig, batch: int, seq_len: int, predictions: int,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    r = np.random.RandomState(seed)
+    low = min(1000, cfg.vocab_size // 2)  # ordinary word pieces, not special tokens
+    return dict(
+        input_ids=r.randint(low, cfg.vocab_size, (batch, seq_len)).astype(np.int32),
+        attention_mask=np.ones((batch, seq_len), np.int32),
+        token_type_ids=(np.arange(seq_len)[None] >= seq_len // 2).repeat(batch, 0).astype(
+            np.int32),
+        masked_positions=np.stack([np.sort(r.choice(np.arange(1, seq_len - 1), predictions,
+                                                    False)) for _ in range(batch)]).astype(
+            np.int32),
+    )
+
+
+def time_interleaved(calls: dict[str, Callable[[], None]], min_iters: int, min_time: float,
+                     warmup: int) -> dict[str, list[float]]:
+    """Per-call seconds of each side, the sides alternating call by call, so that a busy
+    (shared) machine slows them alike; until `min_iters` calls and `min_time` s per side."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    while min(len(t) for t in times.values()) < min_iters or min(sum(t) for t in
+                                                                 times.values()) < min_time:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def jax_call(cfg: config_lib.BertConfig, params: dict, workload: str,
+             inputs: dict[str, np.ndarray]) -> Callable[[], None]:
+    """A no-argument closure running one jitted forward to completion."""
+    if workload == "encoder":
+        module = modeling.build(cfg, "encoder")
+        params = params["bert"]
+
+        def forward(p, x):
+            out = module.apply({"params": p}, x["input_ids"], x["attention_mask"],
+                               x["token_type_ids"])
+            return out.last_hidden_state, out.pooler_output
+    else:
+        module = modeling.build(cfg, "pretraining")
+        masked = workload == "pretraining"
+
+        def forward(p, x):
+            out = module.apply({"params": p}, x["input_ids"], x["attention_mask"],
+                               x["token_type_ids"], x["masked_positions"] if masked else None)
+            return out.mlm_logits, out.nsp_logits
+
+    fn = jax.jit(forward)
+    device_inputs = jax.device_put({k: jnp.asarray(v) for k, v in inputs.items()})
+    return lambda: jax.block_until_ready(fn(params, device_inputs))
+
+
+def torch_call(hf_models: dict, workload: str,
+               inputs: dict[str, np.ndarray]) -> Callable[[], None]:
+    import torch
+
+    net = hf_models["encoder" if workload == "encoder" else "pretraining"]
+    x = {k: torch.from_numpy(inputs[k].astype(np.int64))
+         for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def call() -> None:
+        with torch.inference_mode():
+            net(**x)
+
+    return call
+
+
+def torch_models(cfg: config_lib.BertConfig, threads: int) -> dict:
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    pretraining = BertForPreTraining(BertConfig(**cfg.to_hf_dict())).eval()
+    # BertModel with the pooler: the same module the encoder workload times in bert-jax.
+    return {"pretraining": pretraining, "encoder": pretraining.bert}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="base", help="model size (tiny, mini, base, large)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--predictions", type=int, default=20,
+                        help="masked positions per sequence bert-jax projects (pretraining)")
+    parser.add_argument("--min-iters", type=int, default=3)
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", help="bert-jax compute dtype")
+    parser.add_argument("--no-torch", action="store_true", help="bert-jax only (e.g. on GPU)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    cfg = config_lib.preset(args.preset, dtype=args.dtype)
+    if args.seq_len > cfg.max_position_embeddings:
+        parser.error(f"--seq-len {args.seq_len} exceeds the {args.preset} preset's "
+                     f"{cfg.max_position_embeddings} positions")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    workloads = args.workloads.split(",")
+    threads = len(os.sched_getaffinity(0))
+    params = jax.jit(lambda k: modeling.init_params(modeling.build(cfg, "pretraining"), k))(
+        jax.random.key(0))
+    hf = None if args.no_torch else torch_models(cfg, threads)
+
+    rows = []
+    for workload in workloads:
+        for batch in batch_sizes:
+            inputs = make_inputs(cfg, batch, args.seq_len, args.predictions)
+            row = {"workload": workload, "batch_size": batch}
+            sides = {"bert-jax": jax_call(cfg, params, workload, inputs)}
+            if hf is not None:
+                sides["pytorch"] = torch_call(hf, workload, inputs)
+            for name, times in time_interleaved(sides, args.min_iters, args.min_time,
+                                                args.warmup).items():
+                row[name] = {"seq_per_s": batch / statistics.median(times),
+                             "best_seq_per_s": batch / min(times), "calls": len(times)}
+            if "pytorch" in row:
+                row["ratio"] = row["bert-jax"]["seq_per_s"] / row["pytorch"]["seq_per_s"]
+                row["best_ratio"] = (row["bert-jax"]["best_seq_per_s"]
+                                     / row["pytorch"]["best_seq_per_s"])
+            rows.append(row)
+            if not args.json:
+                if len(rows) == 1:
+                    print_header(args, threads)
+                print_row(row)
+
+    if args.json:
+        print(json.dumps({"preset": args.preset, "seq_len": args.seq_len,
+                          "predictions": args.predictions, "dtype": args.dtype,
+                          "device": jax.devices()[0].device_kind, "threads": threads,
+                          "jax": jax.__version__, "rows": rows}, indent=2))
+
+
+def print_header(args: argparse.Namespace, threads: int) -> None:
+    print(f"{args.preset}, seq {args.seq_len}, {args.dtype}, {jax.devices()[0].device_kind}, "
+          f"{threads} threads; sequences/s, median (best); pretraining: bert-jax projects "
+          f"{args.predictions} masked positions, PyTorch all {args.seq_len}")
+    print(f"{'workload':<16} {'batch':>5} {'bert-jax':>17} {'pytorch':>17} {'ratio':>15}")
+
+
+def print_row(row: dict) -> None:
+    def cell(side: str) -> str:
+        if side not in row:
+            return f"{'-':>17}"
+        return f"{row[side]['seq_per_s']:8.2f} ({row[side]['best_seq_per_s']:6.2f})"
+
+    ratio = (f"{row['ratio']:5.2f}x ({row['best_ratio']:4.2f}x)" if "ratio" in row
+             else f"{'-':>15}")
+    print(f"{row['workload']:<16} {row['batch_size']:>5} {cell('bert-jax')} {cell('pytorch')} "
+          f"{ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
