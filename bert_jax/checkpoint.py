@@ -72,7 +72,16 @@ def restore_params(directory: str | Path, step: int | None = None) -> tuple[Any,
     step = manager.latest_step() if step is None else step
     if step is None:
         raise UserError(f"no checkpoint in {directory}")
-    # Restoring without a target gives the saved tree as it is (dicts of arrays).
-    tree = ocp.StandardCheckpointer().restore(directory / str(step) / "state")
+    path = directory / str(step) / "state"
+    checkpointer = ocp.StandardCheckpointer()
+    # The saved tree's shapes on this process's first device: a checkpoint written by
+    # a multi-host or sharded run restores on one machine (export, evaluation).
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          tree)
+    restored = checkpointer.restore(path, target)
     manager.close()
-    return jax.device_get(tree["params"]), step
+    return jax.device_get(restored["params"]), step

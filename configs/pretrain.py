@@ -44,7 +44,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         masked_lm_prob=0.15,
         whole_word_masking=False,
         # demo only: how the demo data is made
-        demo_vocab_size=4000,
+        demo_vocab_size=1024,  # the demo corpus yields ~1,020 WordPieces
         demo_dupe_factor=5,
         demo_max_seq_length=128,
         demo_max_predictions=20,
