@@ -264,3 +264,16 @@ def test_two_processes_agree_with_one(reference_run, tiny_data, tmp_path):
     for a, b in zip(jax.tree.leaves(final_params(workdir)[0]),
                     jax.tree.leaves(final_params(reference_run)[0]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_init_from_another_run_continues_from_its_weights(reference_run, tiny_data, tmp_path):
+    """Continued pre-training: with lr 0 (which also zeroes the decoupled weight decay) the
+    run's parameters stay exactly the loaded ones."""
+    config = tiny_config(tiny_data, **{"init_from": str(reference_run), "optimizer.lr": 0.0,
+                                       "train.total_steps": 2, "train.phase2_start": 0})
+    pretrain.run(config, tmp_path, progress=False)
+    assert_same_params(final_params(tmp_path)[0], final_params(reference_run)[0])
+    with pytest.raises(UserError, match="architecture differs"):
+        pretrain.run(tiny_config(tiny_data, **{"init_from": str(reference_run),
+                                               "model.num_hidden_layers": 1}),
+                     tmp_path / "other", progress=False)
