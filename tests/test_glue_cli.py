@@ -1,0 +1,294 @@
+"""`bert-jax glue` and `bert-jax predict` end to end, on the GLUE fixtures and a tiny model.
+
+One small sweep (MNLI: 2 learning rates x 2 seeds, 2 steps each, with --predict-test and
+--export) is shared by the tests: its summary, reports and test-server files; resuming
+(only the run without results.json is redone); the export against transformers'
+BertForSequenceClassification; `predict` on the export and on a run directory. Then the
+one-line errors for bad input, each on a damaged copy of the fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import require
+
+from bert_jax import cli, weights
+from bert_jax import model as model_lib
+from bert_jax.config import preset
+from bert_jax.data import glue
+from bert_jax.tokenizer import Tokenizer
+from bert_jax.train import finetune, glue_sweep
+from bert_jax.train.writer import read_metrics
+
+FIXTURES = Path(__file__).parent / "fixtures" / "glue"
+# A few steps of a tiny model: one length bucket, so one compilation per program.
+TINY = ["--config.batch_size=2", "--config.eval_batch_size=4", "--config.max_seq_length=32",
+        "--config.length_buckets=()", "--config.epochs=1.0", "--config.train_limit=4"]
+LRS, SEEDS = (1e-3, 3e-3), (1, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny BERT encoder (no classifier) with a vocab of the fixtures' words."""
+    d = tmp_path_factory.mktemp("tiny-bert")
+    cfg = preset("tiny", num_hidden_layers=1)  # one layer: less to compile
+    words = sorted({w.lower().strip('.?,"') for task in ("MNLI", "QQP")
+                    for split in ("train", "dev", "dev_matched")
+                    if glue.has_split(task, FIXTURES, split)
+                    for e in glue.read_split(task, FIXTURES, split)
+                    for w in f"{e.text_a} {e.text_b}".split()} - {""})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", *words]
+    vocab = vocab[:cfg.vocab_size]
+    vocab += [f"w{i}" for i in range(cfg.vocab_size - len(vocab))]
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    params = model_lib.init_params(model_lib.build(cfg, "encoder"), jax.random.key(0))
+    weights.save_pretrained(d, cfg, params, Tokenizer.from_vocab(d / "vocab.txt"), "encoder")
+    return d
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def glue_args(model: Path, data_dir: Path, workdir: Path, *extra: str) -> list[str]:
+    return ["glue", "--task", "MNLI", "--model", model, "--data-dir", data_dir,
+            "--workdir", workdir, "--lrs", ",".join(map(str, LRS)),
+            "--seeds", ",".join(map(str, SEEDS)), "--no-progress", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_model, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("glue_sweep")
+    args = glue_args(tiny_model, FIXTURES, root / "w", "--predict-test", "--export",
+                     root / "export", "--json")
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    return {"args": args, "workdir": root / "w", "export": root / "export",
+            "summary": json.loads(out)}
+
+
+# ---- the sweep --------------------------------------------------------------------------
+
+def test_sweep_summary_picks_lr_by_mean_over_seeds(sweep):
+    summary, workdir = sweep["summary"], sweep["workdir"]
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+    s = summary["tasks"]["MNLI"]
+    assert s["main_metric"] == "mean(matched_accuracy,mismatched_accuracy)"
+    assert len(s["runs"]) == len(LRS) * len(SEEDS) and s["n_seeds"] == len(SEEDS)
+    means = {}
+    for lr in LRS:
+        values = [r["main_metric"] for r in s["runs"] if r["lr"] == lr]
+        means[lr] = np.mean(values)
+    assert s["best_lr"] == max(LRS, key=lambda lr: means[lr])
+    chosen = [r["main_metric"] for r in s["runs"] if r["lr"] == s["best_lr"]]
+    assert s["mean"] == pytest.approx(np.mean(chosen))
+    assert s["std"] == pytest.approx(np.std(chosen, ddof=1))
+    assert s["best"] == max(chosen)
+    assert summary["glue_score"] is None  # one task of nine
+    for r in s["runs"]:
+        d = workdir / r["dir"]
+        assert r["train_examples"] == 4 and r["steps"] == 2  # --config.train_limit=4
+        assert r["main_metric"] == pytest.approx(np.mean(list(r["metrics"].values())))
+        saved = json.loads((d / "config.json").read_text())
+        assert (saved["task"], saved["lr"], saved["seed"]) == ("MNLI", r["lr"], r["seed"])
+        assert saved["model"]["num_labels"] == 3
+        records = {m["split"]: m for m in read_metrics(d)}  # train loss, then dev metrics
+        assert sorted(records) == ["eval", "train"]
+        assert records["eval"]["main_metric"] == pytest.approx(r["main_metric"])
+
+
+def test_sweep_reports(sweep):
+    workdir = sweep["workdir"]
+    md = (workdir / "results.md").read_text()
+    assert "| task | metric | best lr |" in md and "| MNLI |" in md
+    rows = list(csv.DictReader(io.StringIO((workdir / "results.csv").read_text())))
+    assert len(rows) == 4 and {r["task"] for r in rows} == {"MNLI"}
+    assert sum(int(r["chosen_lr"]) for r in rows) == len(SEEDS)
+    assert (workdir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_submission_files_from_the_best_run(sweep):
+    workdir = sweep["workdir"]
+    best = json.loads((workdir / sweep["summary"]["tasks"]["MNLI"]["best_run"] /
+                       "test_predictions.json").read_text())
+    files = {"MNLI-m.tsv": ("MNLI", "test_matched"), "MNLI-mm.tsv": ("MNLI", "test_mismatched"),
+             "AX.tsv": ("AX", "test")}
+    for name, (task, split) in files.items():
+        lines = (workdir / "submission" / name).read_text().splitlines()
+        assert lines[0] == "index\tprediction"
+        index = [line.split("\t")[0] for line in lines[1:]]
+        assert index == [e.guid for e in glue.read_split(task, FIXTURES, split)]
+        entry = next(e for e in best if (e["task"], e["split"]) == (task, split))
+        assert [line.split("\t")[1] for line in lines[1:]] == [
+            glue.NLI[p] for p in entry["prediction"]]
+    with zipfile.ZipFile(workdir / "submission.zip") as zf:
+        assert sorted(zf.namelist()) == sorted(files)
+
+
+def test_rerun_redoes_only_the_unfinished_run(sweep, caplog):
+    workdir = sweep["workdir"]
+    runs = [workdir / r["dir"] for r in sweep["summary"]["tasks"]["MNLI"]["runs"]]
+    redo = runs[1]
+    (redo / "results.json").unlink()  # as if the sweep had been killed during this run
+    before = {d: (d / "results.json").stat().st_mtime_ns for d in runs if d != redo}
+    caplog.set_level("INFO", logger="bert_jax.train.glue_sweep")
+    code, out, err = run_cli(*sweep["args"])
+    assert code == 0, err
+    assert {d: (d / "results.json").stat().st_mtime_ns for d in before} == before
+    assert (redo / "results.json").exists()
+    assert caplog.text.count("done already") == len(runs) - 1
+    again = json.loads(out)["tasks"]["MNLI"]
+    assert [r["dir"] for r in again["runs"]] == [str(d.relative_to(workdir)) for d in runs]
+
+    # Another recipe in the same workdir is refused, naming the field.
+    code, _, err = run_cli(*sweep["args"], "--config.epochs=2.0")
+    assert code == 2 and "was run with epochs=1.0" in err and "Traceback" not in err
+
+
+# ---- the fine-tuned model: export and predict -------------------------------------------
+
+def _hf_inputs(tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    examples = [glue.Example(str(i), a, b, None) for i, (a, b) in enumerate(pairs)]
+    return glue.featurize(examples, tokenizer, max_length=32)
+
+
+PAIRS = [("The lighthouse keeper painted the door blue.", "The door is blue now."),
+         ("Nobody in the village owned a bicycle.", "Three villagers rode bicycles.")]
+
+
+def test_export_loads_in_transformers_with_the_same_logits(sweep):
+    torch = require("torch")
+    transformers = require("transformers")
+    export = sweep["export"] / "MNLI"
+    hf, info = transformers.BertForSequenceClassification.from_pretrained(
+        export, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert hf.config.id2label == dict(enumerate(glue.NLI))
+    task, ours = finetune.load_classifier(export)
+    assert task.name == "MNLI"
+    features = _hf_inputs(ours.tokenizer, PAIRS)
+    logits = finetune.classify(ours, features, batch_size=4, buckets=())
+    with torch.no_grad():
+        theirs = hf.eval()(**{k: torch.from_numpy(features[k].astype(np.int64))
+                              for k in finetune.FEATURE_KEYS}).logits.numpy()
+    np.testing.assert_allclose(logits, theirs, atol=1e-5)
+    # The run directory it came from is the same model.
+    _, run = finetune.load_classifier(
+        sweep["workdir"] / sweep["summary"]["tasks"]["MNLI"]["best_run"])
+    np.testing.assert_allclose(finetune.classify(run, features, batch_size=4, buckets=()),
+                               logits, atol=1e-6)
+
+
+def test_predict_json_and_table(sweep, tmp_path):
+    torch = require("torch")
+    transformers = require("transformers")
+    export = sweep["export"] / "MNLI"
+    code, out, err = run_cli("predict", "--model", export, "--json", *PAIRS[0])
+    assert code == 0, err
+    got = json.loads(out)
+    hf = transformers.BertForSequenceClassification.from_pretrained(export).eval()
+    _, ours = finetune.load_classifier(export)
+    features = _hf_inputs(ours.tokenizer, PAIRS[:1])
+    with torch.no_grad():
+        probs = hf(**{k: torch.from_numpy(features[k].astype(np.int64))
+                      for k in finetune.FEATURE_KEYS}).logits.softmax(-1).numpy()[0]
+    assert list(got["probabilities"]) == list(glue.NLI)
+    np.testing.assert_allclose(list(got["probabilities"].values()), probs, atol=1e-5)
+    assert got["label"] == glue.NLI[int(probs.argmax())]
+
+    # A run directory as the model, pairs from a TSV file, the table.
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in PAIRS))
+    best = sweep["workdir"] / sweep["summary"]["tasks"]["MNLI"]["best_run"]
+    code, out, err = run_cli("predict", "--model", best, "--input", tmp_path / "pairs.tsv")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["label", "p(contradiction)"] and len(lines) == 3
+    assert lines[1].split()[0] == got["label"]
+
+
+# ---- bad input: one line, exit status 2 -------------------------------------------------
+
+def _damage(root: Path, how: str) -> Path:
+    """A copy of the fixtures, broken in one way."""
+    data = root / "glue"
+    shutil.copytree(FIXTURES, data)
+    train = data / "QQP" / "train.tsv"
+    lines = train.read_text().splitlines()
+    if how == "columns":
+        lines[2] = "\t".join(lines[2].split("\t")[:-1])  # line 3 loses its label column
+        train.write_text("\n".join(lines) + "\n")
+    elif how == "label":
+        lines[3] = lines[3].rsplit("\t", 1)[0] + "\tmaybe"
+        train.write_text("\n".join(lines) + "\n")
+    elif how == "empty":
+        (data / "QQP" / "dev.tsv").write_text("")
+    elif how == "no-split":
+        (data / "QQP" / "dev.tsv").unlink()
+    return data
+
+
+@pytest.mark.parametrize("how, task, message", [
+    ("columns", "QQP", "QQP/train.tsv:3: expected 6 tab-separated columns"),
+    ("label", "QQP", "QQP/train.tsv:4: unknown QQP label 'maybe'"),
+    ("empty", "QQP", "QQP/dev.tsv is empty"),
+    ("no-split", "QQP", "QQP dev file not found"),
+    ("none", "RTE", "RTE train file not found: expected"),  # no RTE directory at all
+])
+def test_bad_data_is_one_line_error(tiny_model, tmp_path, how, task, message):
+    data = _damage(tmp_path, how)
+    args = glue_args(tiny_model, data, tmp_path / "w")
+    args[args.index("MNLI")] = task
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    assert message in err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--task", "XNLI", "unknown GLUE task 'XNLI'"),
+    ("--task", "AX", "AX has no training data"),
+    ("--lrs", "2e-5,abc", "bad --lrs '2e-5,abc': 'abc' is not a number"),
+    ("--lrs", "0", "a learning rate must be positive"),
+    ("--seeds", "1,two", "bad --seeds '1,two'"),
+    ("--data-dir", "/no/such/dir", "--data-dir /no/such/dir is not a directory"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, flag, value, message):
+    args = glue_args(tmp_path / "no-model-needed", FIXTURES, tmp_path / "w")
+    args[args.index(flag) + 1] = value
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip().splitlines()[0]]  # exactly one line
+    assert err.startswith("error: ") and message in err
+
+
+def test_predict_errors(sweep, tiny_model, tmp_path):
+    export = sweep["export"] / "MNLI"
+    code, _, err = run_cli("predict", "--model", export, "--task", "SST-2", "a text")
+    assert code == 2 and "predicts 3 labels but SST-2 has 2" in err
+    code, _, err = run_cli("predict", "--model", tiny_model, "--task", "RTE", "a", "b")
+    assert code == 2 and "no classifier weights" in err
+    (tmp_path / "bad.tsv").write_text("a\tb\nonly one column\n")
+    code, _, err = run_cli("predict", "--model", export, "--input", tmp_path / "bad.tsv")
+    assert code == 2 and "bad.tsv:2: expected 2 tab-separated columns" in err
+    code, _, err = run_cli("predict", "--model", export, "just one text")
+    assert code == 2 and "takes sentence pairs" in err
+
+
+def test_parse_helpers():
+    assert glue_sweep.parse_tasks("all") == list(glue.GLUE_TASKS)
+    assert glue_sweep.parse_tasks("rte, sst2,RTE") == ["RTE", "SST-2"]
+    assert glue_sweep.parse_lrs("2e-5,3e-5,2e-5") == (2e-5, 3e-5)
+    assert glue_sweep.run_dir("w", "sst2", 2e-5, 3) == Path("w/SST-2/lr2e-05_seed3")
