@@ -1,0 +1,78 @@
+r"""Runs (or resumes) an ablation study of the pre-training recipe.
+
+  python -m experiments.run_ablation --config experiments/ablation.py:small \
+      --study-dir runs/ablation --results experiments/results \
+      --variants mlm_nsp,mlm_only,dynamic_masking --steps 300
+
+Pre-trains every variant with the same seed and budget, scores it on held-out MLM/NSP,
+fine-tunes it on GLUE with `bert-jax glue`, and writes the table and plots to
+--results. Rerun the same command after a kill: finished stages are skipped and an
+unfinished pre-training resumes from its checkpoint. Any study field can be overridden
+with --config.FIELD=VALUE (e.g. --config.glue.seeds=(1,2,3,4,5)); see
+experiments/ablation.py for the fields and experiments/variants.py for the variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bert_jax import configlib
+from bert_jax.errors import UserError
+from experiments import study as study_lib
+from experiments import variants
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.run_ablation", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="experiments/ablation.py:small",
+                   help="study config, FILE[:ARG]")
+    p.add_argument("--study-dir", required=True,
+                   help="where data, runs and state.json go (outside the repo or in runs/)")
+    p.add_argument("--results", default=None,
+                   help="where the table and plots go (default <study-dir>/results)")
+    p.add_argument("--variants", default=None,
+                   help=f"comma-separated, from: {', '.join(variants.VARIANTS)} "
+                        "(default: the config's `variants`)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None,
+                        help="pre-training steps per variant (budget.steps)")
+    budget.add_argument("--minutes", type=float, default=None,
+                        help="pre-training minutes of the base variant, turned into a step "
+                             "count every variant gets (budget.minutes)")
+    p.add_argument("--no-glue", action="store_true",
+                   help="stop before GLUE (rerun without it later to add GLUE)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    overrides = [a for a in argv if a.startswith("--config.")]
+    return p.parse_args([a for a in argv if not a.startswith("--config.")]), overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("experiments").setLevel(logging.INFO)
+    try:
+        study = configlib.load(args.config, overrides)
+        if args.variants:
+            study.variants = args.variants
+        if args.steps is not None:
+            study.budget.steps, study.budget.minutes = args.steps, 0.0
+        if args.minutes is not None:
+            study.budget.minutes = args.minutes
+        names = [n.strip() for n in study.variants.split(",") if n.strip()]
+        rows = study_lib.run_study(study, args.study_dir, names, args.results,
+                                   glue=not args.no_glue, progress=not args.no_progress)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(f"{row['variant']:>16}  MLM acc {row['eval_mlm_accuracy'] or 0:.4f}  "
+              f"GLUE avg {row['glue_average'] or float('nan'):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The study driver: data, pre-training, held-out evaluation, GLUE, report; resumable.
+
+    run_study(study, "runs/ablation", ["mlm_nsp", "mlm_only"], "experiments/results")
+
+Stages, in order (the expensive ones come from a `Stages` bundle, experiments/stages.py):
+  budget    the step count: `budget.steps`, or `budget.minutes` turned into steps by
+            timing the base variant once (remembered, so a rerun trains the same steps)
+  data      each distinct dataset once -> <study>/data/<name>   (experiments/datasets.py)
+  pretrain  each variant, same seed and steps -> <study>/<variant>/pretrain
+            (resolved config.json, metrics.jsonl, checkpoints)
+  eval      held-out MLM/NSP of the last checkpoint -> <study>/<variant>/eval.json
+  glue      `bert-jax glue` on the checkpoint -> <study>/<variant>/glue/summary.json
+  report    the table and plots (experiments/report.py), rewritten on every run
+<study>/state.json lists the finished stages (with their seconds and results) and is
+replaced atomically after each one; a rerun skips them. A pre-training cut short
+resumes from its last checkpoint (pretrain.run does that) and `bert-jax glue` skips
+its finished runs, so a killed study loses at most the work since the last save.
+<study>/study.json holds the study config; a rerun with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from bert_jax import configlib
+from bert_jax.errors import UserError
+from experiments import datasets, report, variants
+from experiments.stages import Stages
+
+log = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class State:
+    """The study's record of finished stages: `{key: {"seconds", "finished", "result"}}`,
+    plus the seconds spent in every attempt of a stage (finished or not)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = (json.loads(path.read_text()) if path.exists()
+                     else {"finished": {}, "seconds": {}})
+
+    def done(self, key: str) -> bool:
+        return key in self.data["finished"]
+
+    def result(self, key: str) -> Any:
+        return self.data["finished"][key]["result"]
+
+    def seconds(self, key: str) -> float:
+        """Wall-clock spent in stage `key`, summed over attempts."""
+        return float(self.data["seconds"].get(key, 0.0))
+
+    def run(self, key: str, fn: Callable[[], Any]) -> Any:
+        """`fn()` unless stage `key` is finished; records it (atomically) when it is."""
+        if self.done(key):
+            return self.result(key)
+        log.info("stage %s", key)
+        start = time.perf_counter()
+        try:
+            result = fn()
+        finally:
+            spent = self.seconds(key) + time.perf_counter() - start
+            self.data["seconds"][key] = round(spent, 3)
+            self._save()
+        self.data["finished"][key] = {"seconds": self.data["seconds"][key],
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                      "result": result}
+        self._save()
+        return result
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.data)
+
+
+def _check_study_config(study: ml_collections.ConfigDict, study_dir: Path) -> None:
+    """Refuses to continue a study made with other settings (the variant list may grow)."""
+    path = study_dir / "study.json"
+    current = json.loads(configlib.to_json(study))
+    current.pop("variants", None)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = variants.diff(ml_collections.ConfigDict(saved),
+                                ml_collections.ConfigDict(current))
+        if changed:
+            raise UserError(f"{study_dir} holds a study with other settings ({', '.join(changed)}"
+                            "); use a new --study-dir, or set those fields back")
+    else:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, current)
+
+
+def variant_config(study: ml_collections.ConfigDict, name: str, steps: int,
+                   study_dir: Path) -> ml_collections.ConfigDict:
+    """Variant `name`'s full pre-training config: overrides, budget, data paths."""
+    cfg = variants.resolve(study, name, steps)
+    return datasets.attach(cfg, study, study_dir / "data")
+
+
+def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Sequence[str],
+              results_dir: str | Path | None = None, *, stages: Stages | None = None,
+              glue: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    """Runs (or resumes) the study; returns the table's rows (see the module doc)."""
+    stages = stages or Stages()
+    study_dir = Path(study_dir)
+    results_dir = Path(results_dir) if results_dir else study_dir / "results"
+    for name in names:
+        variants.resolve(study, name, 1)  # unknown names fail before any work
+    _check_study_config(study, study_dir)
+    state = State(study_dir / "state.json")
+
+    # Data: every dataset any variant needs, once. (Which ones depends on the step
+    # budget only through phase 2's start, so the nominal steps serve.)
+    nominal = int(study.budget.steps)
+    needed = {spec.name: spec for name in names
+              for spec in datasets.specs(variants.resolve(study, name, nominal), study).values()}
+    if float(study.budget.minutes) > 0 and variants.BASELINE not in names:
+        needed |= {s.name: s for s in datasets.specs(
+            variants.resolve(study, variants.BASELINE, nominal), study).values()}
+    for key, spec in sorted(needed.items()):
+        state.run(f"data/{key}",
+                  lambda spec=spec: stages.make_data(spec, study, study_dir / "data" / spec.name))
+
+    steps = state.run("budget", lambda: _budget_steps(study, study_dir, stages))
+
+    for name in names:
+        cfg = variant_config(study, name, steps, study_dir)
+        workdir = study_dir / name / "pretrain"
+        _check_workdir(cfg, workdir)
+
+        def pretrain(cfg=cfg, workdir=workdir) -> dict[str, int]:
+            stages.pretrain(cfg, workdir, progress=progress)
+            return {"steps": steps}
+
+        state.run(f"pretrain/{name}", pretrain)
+
+    for name in names:
+        state.run(f"eval/{name}", lambda name=name: _evaluate(study, study_dir, name, steps,
+                                                               stages))
+
+    if glue:
+        for name in names:
+            state.run(f"glue/{name}", lambda name=name: sorted(report.glue_tasks(stages.glue(
+                study_dir / name / "pretrain", study_dir / name / "glue", study.glue))))
+
+    rows = report.collect(study_dir, names, state)
+    report.write(rows, results_dir, study_dir)
+    return rows
+
+
+def _budget_steps(study: ml_collections.ConfigDict, study_dir: Path, stages: Stages) -> int:
+    minutes = float(study.budget.minutes)
+    if minutes <= 0:
+        return int(study.budget.steps)
+    base = variant_config(study, variants.BASELINE, int(study.budget.steps), study_dir)
+    seconds_per_step = stages.calibrate(base, study_dir / "calibration")
+    steps = max(1, int(minutes * 60 / seconds_per_step))
+    log.info("%.3f s/step for %s: %d steps fill %.1f minutes", seconds_per_step,
+             variants.BASELINE, steps, minutes)
+    return steps
+
+
+def _check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A workdir from an earlier attempt must hold the same config (it will resume)."""
+    saved = workdir / "config.json"
+    if saved.exists():
+        changed = variants.diff(configlib.load_saved(workdir),
+                                ml_collections.ConfigDict(json.loads(configlib.to_json(cfg))))
+        if changed:
+            raise UserError(f"{workdir} was trained with another config ({', '.join(changed)})"
+                            "; use a new --study-dir")
+
+
+def _evaluate(study: ml_collections.ConfigDict, study_dir: Path, name: str, steps: int,
+              stages: Stages) -> dict[str, Any]:
+    cfg = variant_config(study, name, steps, study_dir)
+    workdir = study_dir / name / "pretrain"
+    metrics = stages.evaluate(workdir, Path(cfg.data.eval), int(study.eval.batches))
+    record = {"workdir": str(workdir), "eval_data": cfg.data.eval, **metrics}
+    write_json_atomic(study_dir / name / "eval.json", record)
+    return metrics

@@ -1,0 +1,228 @@
+"""The ablation study (experiments/): variants are exact config diffs, mlm_only has no NSP
+head and no NSP data, and the driver's bookkeeping resumes a killed study correctly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+from conftest import REPO, shared_file
+
+if str(REPO) not in sys.path:  # `experiments` is a top-level folder, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bert_jax import configlib  # noqa: E402
+from experiments import datasets, stages, study, variants  # noqa: E402
+
+
+def small_study(**overrides) -> ml_collections.ConfigDict:
+    cfg = configlib.load("experiments/ablation.py:small")
+    configlib.apply_overrides(cfg, [f"{k}={v!r}" for k, v in overrides.items()])
+    return cfg
+
+
+# ---- variants are config diffs ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
+def test_each_variant_differs_from_the_base_exactly_by_its_overrides(name):
+    s = small_study()
+    base = variants.resolve(s, variants.BASELINE, 300)
+    assert variants.diff(base, variants.resolve(s, name, 300)) == sorted(variants.VARIANTS[name])
+
+
+def test_base_is_the_original_objective_at_128():
+    base = variants.resolve(small_study(), variants.BASELINE, 300)
+    assert base.nsp and base.data.masking == "static" and base.data.masked_lm_prob == 0.15
+    assert not base.data.whole_word_masking and base.train.phase2_start == 0
+    assert base.optimizer.name == "bert_adam"
+    assert base.train.total_steps == 300 and base.optimizer.warmup_steps == 30
+
+
+def test_mlm_only_full_config_differs_in_nsp_and_its_data_only(tmp_path):
+    s = small_study()
+    a = study.variant_config(s, "mlm_nsp", 300, tmp_path)
+    b = study.variant_config(s, "mlm_only", 300, tmp_path)
+    assert variants.diff(a, b) == ["data.eval", "data.train", "nsp"]
+    assert Path(b.data.train).name == "train128-single-static-p15-sub-mp20"
+
+
+def test_data_is_shared_unless_a_data_setting_differs():
+    s = small_study()
+    names = {v: {k: x.name for k, x in datasets.specs(variants.resolve(s, v, 300), s).items()}
+             for v in variants.VARIANTS}
+    base = names["mlm_nsp"]
+    assert names["adamw"] == base  # an optimizer change reuses the data
+    for v in ("mlm_only", "dynamic_masking", "whole_word", "mask_40"):
+        assert names[v]["train"] != base["train"], v
+    # Held-out data is the reference (static 15% sub-word) set for every variant with NSP.
+    assert {n["eval"] for v, n in names.items() if v != "mlm_only"} == {base["eval"]}
+    assert names["mask_40"]["train"].endswith("p40-sub-mp52")  # room for 40% of 128
+    assert names["two_phase"]["train_phase2"].startswith("train512-nsp-static-p15")
+    assert variants.resolve(s, "two_phase", 300).train.phase2_start == 270
+
+
+def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
+    vocab = shared_file("vocab", "bert-base-cased", "vocab.txt")
+    text = shared_file("corpus", "wikitext-2-raw", "valid.txt").read_text().splitlines()
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n".join(text[:120]) + "\n")  # the first three articles
+    s = small_study(**{"corpus.train": str(corpus), "corpus.eval": str(corpus),
+                       "pretrain.data.vocab": str(vocab)})
+    s.pretrain.model = configlib.model_section("tiny", vocab_size=28996,
+                                               max_position_embeddings=128)
+    s.pretrain.train.batch_size = 4
+    cfg = study.variant_config(s, "mlm_only", 2, tmp_path / "study")
+    for field in ("train", "eval"):
+        spec = datasets.specs(cfg, s)[field]
+        stages.make_data(spec, s, Path(cfg.data[field]))
+
+    from bert_jax import checkpoint
+    from bert_jax.data import PretrainingLoader
+    from bert_jax.data.shards import read_metadata
+
+    assert read_metadata(Path(cfg.data.train))["nsp"] is False
+    batch = next(iter(PretrainingLoader(cfg.data.train, 32, seed=0)))
+    assert not batch["token_type_ids"].any()  # one segment: no token type 1
+    real = batch["attention_mask"].sum(axis=1)
+    seps = (batch["input_ids"] == 102).sum(axis=1)  # [SEP]
+    assert (seps == 1).all()
+    assert (batch["input_ids"][np.arange(32), real - 1] == 102).all()  # ... at the very end
+    assert np.median(real) == 128  # segments fill the length (but a document's last, short ones)
+
+    workdir = tmp_path / "study" / "mlm_only" / "pretrain"
+    stages.pretrain(cfg, workdir, progress=False)
+    params, _ = checkpoint.restore_params(workdir / "checkpoints")
+    assert "cls_predictions" in params and "cls_seq_relationship" not in params
+    metrics = stages.evaluate(workdir, Path(cfg.data.eval), 2)
+    assert 0.0 <= metrics["masked_lm_accuracy"] <= 1.0
+    assert "next_sentence_accuracy" not in metrics
+
+
+# ---- the driver: resume after a kill ----------------------------------------------------
+
+class KilledError(Exception):
+    pass
+
+
+class FakeStages:
+    """Stand-ins for the expensive stages: each call is recorded (by a key naming the
+    stage and its target) and writes the files the real one would; call number `kill_at`
+    raises before doing anything, as a kill would."""
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.kill_at = kill_at
+
+    def _enter(self, key: str) -> None:
+        self.calls.append(key)
+        if self.kill_at is not None and len(self.calls) == self.kill_at:
+            raise KilledError(key)
+
+    def make_data(self, spec, study_cfg, out_dir: Path) -> dict:
+        self._enter(f"data/{spec.name}")
+        out_dir.mkdir(parents=True)
+        return {"instances": 10}
+
+    def calibrate(self, cfg, workdir: Path) -> float:
+        self._enter("calibrate")
+        return 0.5  # seconds per step: 1 minute = 120 steps
+
+    def pretrain(self, cfg, workdir: Path, progress: bool = True) -> None:
+        self._enter(f"pretrain/{workdir.parent.name}")
+        configlib.save(cfg, workdir)
+        with open(workdir / "metrics.jsonl", "a") as f:
+            for step in range(10, int(cfg.train.total_steps) + 1, 10):
+                f.write(json.dumps({"step": step, "split": "train", "loss": 10.0 - step / 100,
+                                    "masked_lm_loss": 9.0 - step / 100}) + "\n")
+            f.write(json.dumps({"step": step, "split": "eval", "masked_lm_accuracy": 0.1}) + "\n")
+
+    def evaluate(self, workdir: Path, eval_dir: Path, batches: int) -> dict:
+        self._enter(f"eval/{workdir.parent.name}")
+        assert eval_dir.is_dir()
+        return {"masked_lm_accuracy": 0.25, "masked_lm_loss": 5.0}
+
+    def glue(self, model_dir: Path, out_dir: Path, glue_cfg) -> dict:
+        self._enter(f"glue/{model_dir.parent.name}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tasks = {t: {"main_metric": "accuracy", "best_lr": 1e-4, "mean": 60.0, "std": 2.0,
+                     "best": 62.0, "n_seeds": 3, "runs": []} for t in glue_cfg.tasks.split(",")}
+        summary = {"tasks": tasks, "glue_score": None}
+        (out_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+
+NAMES = ["mlm_nsp", "mlm_only"]
+
+
+def run_with(fake: FakeStages, study_dir: Path, **overrides) -> list[dict]:
+    s = small_study(**{"budget.minutes": 1.0, **overrides})
+    return study.run_study(s, study_dir, NAMES, study_dir / "results",
+                           stages=stages.Stages(fake.make_data, fake.calibrate, fake.pretrain,
+                                                fake.evaluate, fake.glue), progress=False)
+
+
+def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
+    fake = FakeStages()
+    rows = run_with(fake, tmp_path)
+    assert fake.calls == [
+        "data/eval128-nsp-static-p15-sub-mp20", "data/eval128-single-static-p15-sub-mp20",
+        "data/train128-nsp-static-p15-sub-mp20", "data/train128-single-static-p15-sub-mp20",
+        "calibrate", "pretrain/mlm_nsp", "pretrain/mlm_only", "eval/mlm_nsp", "eval/mlm_only",
+        "glue/mlm_nsp", "glue/mlm_only"]
+    assert [r["steps"] for r in rows] == [120, 120]  # 1 minute at 0.5 s/step
+    cfg = configlib.load_saved(tmp_path / "mlm_only" / "pretrain")
+    assert cfg.train.total_steps == 120 and cfg.nsp is False  # traceable resolved config
+    fake_again = FakeStages()
+    run_with(fake_again, tmp_path)
+    assert fake_again.calls == []  # all finished: nothing is redone
+
+
+def test_a_killed_study_resumes_without_redoing_finished_stages(tmp_path):
+    full = FakeStages()
+    run_with(full, tmp_path / "reference")
+    for k in range(1, len(full.calls) + 1):
+        study_dir = tmp_path / f"killed_at_{k}"
+        first = FakeStages(kill_at=k)
+        with pytest.raises(KilledError):
+            run_with(first, study_dir)
+        state = json.loads((study_dir / "state.json").read_text())
+        assert len(state["finished"]) == k - 1  # the stages before the kill
+        assert not list(study_dir.glob("*.tmp"))  # the state file was replaced atomically
+        second = FakeStages()
+        rows = run_with(second, study_dir)
+        # The killed stage runs again; the ones finished before it do not.
+        assert first.calls[:-1] + second.calls == full.calls, k
+        with open(study_dir / "results" / "ablation.csv") as f:
+            table = list(csv.DictReader(f))
+        assert [r["variant"] for r in table] == NAMES
+        for r in table:
+            assert r["eval_mlm_accuracy"] == "0.25" and r["steps"] == "120"
+            assert all(r[f"{t}_accuracy_mean"] == "60.0" for t in ("RTE", "MRPC", "SST-2"))
+        assert len(rows) == 2
+
+
+def test_report_files_and_changed_settings_are_refused(tmp_path):
+    run_with(FakeStages(), tmp_path)
+    results = tmp_path / "results"
+    md = (results / "ablation.md").read_text()
+    assert "| mlm_only | `nsp=False` | 120 |" in md and "60.0 ± 2.0" in md
+    assert (results / "curves.png").stat().st_size > 0
+    assert (results / "glue.png").stat().st_size > 0
+    from bert_jax.errors import UserError
+    with pytest.raises(UserError, match="budget.minutes"):
+        run_with(FakeStages(), tmp_path, **{"budget.minutes": 2.0})
+
+
+def test_glue_command_line():
+    s = small_study()
+    cmd = stages.glue_command(Path("st/v/pretrain"), Path("st/v/glue"), s.glue)
+    assert cmd[1:] == ["-m", "bert_jax.cli", "glue", "--task", "RTE,MRPC,SST-2",
+                       "--model", "st/v/pretrain", "--data-dir", s.glue.data_dir,
+                       "--workdir", "st/v/glue", "--lrs", "0.0001", "--seeds", "1,2,3",
+                       "--config.train_limit=320", "--config.batch_size=16", "--json",
+                       "--no-progress"]
