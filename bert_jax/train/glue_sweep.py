@@ -67,36 +67,36 @@ def parse_tasks(spec: str) -> list[str]:
     return out
 
 
-def parse_lrs(text: str) -> tuple[float, ...]:
-    """`"2e-5,3e-5"` -> (2e-05, 3e-05): positive finite numbers, duplicates dropped."""
-    out: list[float] = []
+def _parse_list(text: str, flag: str, convert, kind: str, example: str, check) -> tuple:
+    """A comma list of `convert`-ed values, each passing `check` (which returns an error
+    message or None), duplicates dropped; a bad item is a one-line UserError."""
+    out: list = []
     for item in text.split(","):
         try:
-            lr = float(item)
+            value = convert(item)
         except ValueError:
-            raise UserError(f"bad --lrs {text!r}: {item.strip()!r} is not a number "
-                            "(write e.g. --lrs 2e-5,3e-5)") from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise UserError(f"bad --lrs {text!r}: a learning rate must be positive, got {lr:g}")
-        if lr not in out:
-            out.append(lr)
+            raise UserError(f"bad {flag} {text!r}: {item.strip()!r} is not {kind} "
+                            f"(write e.g. {flag} {example})") from None
+        problem = check(value)
+        if problem:
+            raise UserError(f"bad {flag} {text!r}: {problem}")
+        if value not in out:
+            out.append(value)
     return tuple(out)
+
+
+def parse_lrs(text: str) -> tuple[float, ...]:
+    """`"2e-5,3e-5"` -> (2e-05, 3e-05): positive finite numbers, duplicates dropped."""
+    return _parse_list(
+        text, "--lrs", float, "a number", "2e-5,3e-5",
+        lambda lr: None if math.isfinite(lr) and lr > 0
+        else f"a learning rate must be positive, got {lr:g}")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """`"1,2,3"` -> (1, 2, 3): non-negative integers, duplicates dropped."""
-    out: list[int] = []
-    for item in text.split(","):
-        try:
-            seed = int(item)
-        except ValueError:
-            raise UserError(f"bad --seeds {text!r}: {item.strip()!r} is not an integer "
-                            "(write e.g. --seeds 1,2,3)") from None
-        if seed < 0:
-            raise UserError(f"bad --seeds {text!r}: a seed must be >= 0, got {seed}")
-        if seed not in out:
-            out.append(seed)
-    return tuple(out)
+    return _parse_list(text, "--seeds", int, "an integer", "1,2,3",
+                       lambda seed: None if seed >= 0 else f"a seed must be >= 0, got {seed}")
 
 
 def run_dir(workdir: str | Path, task: str, lr: float, seed: int) -> Path:
