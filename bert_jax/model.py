@@ -122,11 +122,13 @@ class BertSelfAttention(nn.Module):
         # Scaling q (L x d) is cheaper than scaling the scores (L x L).
         q = project("query") * jnp.asarray(head_dim ** -0.5, x.dtype)
         k, v = project("key"), project("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, heads, L, d]
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + bias, axis=-1)
         dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(
             probs, deterministic=deterministic).astype(v.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", dropped, v).reshape(b, length, cfg.hidden_size)
+        context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3).reshape(
+            b, length, cfg.hidden_size)
         return context, probs
 
 
