@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,22 +29,12 @@ from typing import Any
 
 import ml_collections
 
-from bert_jax import configlib
+from bert_jax import configlib, files
 from bert_jax.errors import UserError
 from experiments import datasets, report, variants
 from experiments.stages import Stages
 
 log = logging.getLogger(__name__)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class State:
@@ -87,7 +76,7 @@ class State:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.data)
+        files.write_json_atomic(self.path, self.data)
 
 
 def _check_study_config(study: ml_collections.ConfigDict, study_dir: Path) -> None:
@@ -104,7 +93,7 @@ def _check_study_config(study: ml_collections.ConfigDict, study_dir: Path) -> No
                             "); use a new --study-dir, or set those fields back")
     else:
         study_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, current)
+        files.write_json_atomic(path, current)
 
 
 def variant_config(study: ml_collections.ConfigDict, name: str, steps: int,
@@ -194,5 +183,5 @@ def _evaluate(study: ml_collections.ConfigDict, study_dir: Path, name: str, step
     workdir = study_dir / name / "pretrain"
     metrics = stages.evaluate(workdir, Path(cfg.data.eval), int(study.eval.batches))
     record = {"workdir": str(workdir), "eval_data": cfg.data.eval, **metrics}
-    write_json_atomic(study_dir / name / "eval.json", record)
+    files.write_json_atomic(study_dir / name / "eval.json", record)
     return metrics

@@ -16,7 +16,7 @@ from conftest import REPO, shared_file
 if str(REPO) not in sys.path:  # `experiments` is a top-level folder, not an installed package
     sys.path.insert(0, str(REPO))
 
-from bert_jax import configlib  # noqa: E402
+from bert_jax import configlib, files  # noqa: E402
 from experiments import datasets, stages, study, variants  # noqa: E402
 
 
@@ -192,7 +192,7 @@ def test_a_killed_study_resumes_without_redoing_finished_stages(tmp_path):
             run_with(first, study_dir)
         state = json.loads((study_dir / "state.json").read_text())
         assert len(state["finished"]) == k - 1  # the stages before the kill
-        assert not list(study_dir.glob("*.tmp"))  # the state file was replaced atomically
+        assert not list(study_dir.glob(files.TMP_PREFIX + "*"))  # state.json replaced atomically
         second = FakeStages()
         rows = run_with(second, study_dir)
         # The killed stage runs again; the ones finished before it do not.

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from bert_jax import files
 from bert_jax.errors import UserError
 
 FORMAT = "bert-jax-pretraining/1"
 METADATA = "metadata.json"
 INDEX = "index.json"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = files.TMP_PREFIX  # shard directories and JSON files alike
 
 
 def shard_name(index: int) -> str:
@@ -57,14 +58,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Writes JSON (sorted keys, so equal content gives equal bytes) via a rename."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The dataset's JSON files (compact indent), written whole or not at all."""
+    files.write_json_atomic(path, obj, indent=1)
 
 
 def write_shard(root: Path, index: int, arrays: dict[str, np.ndarray],

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import configlib, glue_metrics, optim, sharding, weights
+from bert_jax import configlib, files, glue_metrics, optim, sharding, weights
 from bert_jax import model as model_lib
 from bert_jax.config import BertConfig
 from bert_jax.data import glue
@@ -222,9 +222,8 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
             pretrained.tokenizer.save(workdir)
         results["checkpoint"] = "checkpoints"
     results["wall_seconds"] = time.perf_counter() - start
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    tmp.replace(workdir / "results.json")  # atomic: a finished run is never half-written
+    # Atomic: a finished run is never half-written (its presence marks the run done).
+    files.write_json_atomic(workdir / "results.json", results)
     return results
 
 
@@ -284,8 +283,6 @@ def predict_all(predict, params: Any, features: dict[str, np.ndarray], mesh: Any
         logits = np.asarray(predict(params, sharding.global_batch(batch, mesh)))
         out.append(logits[keep])
     return np.concatenate(out)[:n].astype(np.float32) if out else np.zeros((0, 1))
-
-
 
 
 # ---- a fine-tuned model: load, export, predict -------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from bert_jax import glue_metrics, glue_submission
+from bert_jax import files, glue_metrics, glue_submission
 from bert_jax.data import glue
 from bert_jax.errors import UserError
 
@@ -300,9 +300,7 @@ def markdown(summary: dict[str, Any]) -> str:
 def write_reports(summary: dict[str, Any], workdir: str | Path) -> None:
     """summary.json (atomically), results.md, results.csv and results.png in `workdir`."""
     workdir = Path(workdir)
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    tmp.replace(workdir / "summary.json")
+    files.write_json_atomic(workdir / "summary.json", summary)
     (workdir / "results.md").write_text(markdown(summary))
     (workdir / "results.csv").write_text(to_csv(summary))
     plot(summary, workdir / "results.png")
