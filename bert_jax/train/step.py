@@ -69,14 +69,19 @@ def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
                 (jnp.arange(accum_steps), micro))
 
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        def keep(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = state.replace(step=state.step + 1,
-                                  params=keep(params, state.params),
-                                  opt_state=keep(opt_state, state.opt_state))
+
+        def update(params_and_opt):
+            params, opt_state = params_and_opt
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # A cond, not a select between old and new: with the state donated, XLA updates
+        # the parameters and moments in place instead of copying all of them (~8% of a
+        # bert-base step on CPU).
+        params, opt_state = jax.lax.cond(finite, update, lambda p_o: p_o,
+                                         (state.params, state.opt_state))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {k: nums[k] / jnp.maximum(dens[k], 1e-9) for k in nums}
         metrics |= {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
         if schedule is not None:
