@@ -18,8 +18,14 @@ fp32 (bert-jax `--dtype bfloat16` computes in bf16), dropout off. Three workload
 Each measurement compiles/warms up both sides, then times calls, alternating bert-jax
 and PyTorch call by call (jax.block_until_ready; torch.inference_mode with torch threads
 = the usable cores), until each side has `--min-iters` calls and `--min-time` seconds,
-and reports sequences/s from the median call (and the best call, in brackets). On a
-shared machine run it more than once.
+and reports sequences/s from the median call (and the best call, in brackets) and the
+model FLOP/s that makes (bert_jax/flops.py; useful FLOPs: the masked positions only in
+`pretraining`, for both sides). On a shared machine run it more than once.
+
+It then times one lone matmul of the FFN's shape, [batch*seq, hidden] x [hidden,
+intermediate], on both sides (`--no-ceiling` skips it): the rate a forward pass made of
+large matmuls can at best approach on this machine, and what a target ratio over PyTorch
+would need.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import config as config_lib
+from bert_jax import flops
 from bert_jax import model as modeling
 
 WORKLOADS = ("encoder", "pretraining", "pretraining-all")
@@ -113,6 +120,33 @@ def torch_call(hf_models: dict, workload: str,
     return call
 
 
+def useful_flops(cfg: config_lib.BertConfig, workload: str, seq_len: int,
+                 predictions: int) -> float:
+    """Matmul FLOPs of one sequence's forward in `workload` (the masked positions only for
+    `pretraining`, whichever side projects more)."""
+    if workload == "encoder":
+        return flops.forward_flops(cfg, seq_len, predictions=0, nsp=False)
+    return flops.forward_flops(cfg, seq_len, predictions if workload == "pretraining" else None)
+
+
+def matmul_rates(rows: int, k: int, n: int, threads: int, min_time: float,
+                 with_torch: bool) -> dict[str, float]:
+    """GFLOP/s of one [rows, k] x [k, n] fp32 matmul in XLA and in PyTorch, interleaved."""
+    r = np.random.RandomState(0)
+    a, b = r.randn(rows, k).astype(np.float32), r.randn(k, n).astype(np.float32)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    matmul = jax.jit(jnp.matmul)
+    calls = {"bert-jax": lambda: jax.block_until_ready(matmul(ja, jb))}
+    if with_torch:
+        import torch
+
+        torch.set_num_threads(threads)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        calls["pytorch"] = lambda: torch.matmul(ta, tb)
+    times = time_interleaved(calls, min_iters=5, min_time=min_time, warmup=2)
+    return {name: 2 * rows * k * n / statistics.median(t) / 1e9 for name, t in times.items()}
+
+
 def torch_models(cfg: config_lib.BertConfig, threads: int) -> dict:
     import torch
     from transformers import BertConfig, BertForPreTraining
@@ -137,6 +171,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32", help="bert-jax compute dtype")
     parser.add_argument("--no-torch", action="store_true", help="bert-jax only (e.g. on GPU)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the lone-matmul rate")
+    parser.add_argument("--target", type=float, default=1.4,
+                        help="ratio over PyTorch's encoder to check against the matmul rate")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -159,10 +196,12 @@ def main() -> None:
             sides = {"bert-jax": jax_call(cfg, params, workload, inputs)}
             if hf is not None:
                 sides["pytorch"] = torch_call(hf, workload, inputs)
+            seq_flops = useful_flops(cfg, workload, args.seq_len, args.predictions)
             for name, times in time_interleaved(sides, args.min_iters, args.min_time,
                                                 args.warmup).items():
                 row[name] = {"seq_per_s": batch / statistics.median(times),
-                             "best_seq_per_s": batch / min(times), "calls": len(times)}
+                             "best_seq_per_s": batch / min(times), "calls": len(times),
+                             "gflop_per_s": batch / statistics.median(times) * seq_flops / 1e9}
             if "pytorch" in row:
                 row["ratio"] = row["bert-jax"]["seq_per_s"] / row["pytorch"]["seq_per_s"]
                 row["best_ratio"] = (row["bert-jax"]["best_seq_per_s"]
@@ -173,18 +212,41 @@ def main() -> None:
                     print_header(args, threads)
                 print_row(row)
 
+    ceiling = None
+    if not args.no_ceiling:
+        shape = (max(batch_sizes) * args.seq_len, cfg.hidden_size, cfg.intermediate_size)
+        ceiling = {"shape": shape, "gflop_per_s": matmul_rates(
+            *shape, threads, args.min_time, with_torch=hf is not None)}
+        encoder = [r for r in rows if r["workload"] == "encoder" and "pytorch" in r]
+        if encoder:
+            best = max(encoder, key=lambda r: r["pytorch"]["gflop_per_s"])
+            ceiling["target_gflop_per_s"] = args.target * best["pytorch"]["gflop_per_s"]
+        if not args.json:
+            print_ceiling(ceiling, args.target)
+
     if args.json:
         print(json.dumps({"preset": args.preset, "seq_len": args.seq_len,
                           "predictions": args.predictions, "dtype": args.dtype,
                           "device": jax.devices()[0].device_kind, "threads": threads,
-                          "jax": jax.__version__, "rows": rows}, indent=2))
+                          "jax": jax.__version__, "rows": rows, "matmul_ceiling": ceiling},
+                         indent=2))
+
+
+def print_ceiling(ceiling: dict, target: float) -> None:
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in ceiling["gflop_per_s"].items())
+    print(f"lone matmul {'x'.join(map(str, ceiling['shape']))}: {rates} GFLOP/s")
+    if "target_gflop_per_s" in ceiling:
+        top = max(ceiling["gflop_per_s"].values())
+        print(f"{target:g}x PyTorch's encoder needs {ceiling['target_gflop_per_s']:.0f} "
+              f"GFLOP/s: {ceiling['target_gflop_per_s'] / top:.2f}x the lone matmul's best")
 
 
 def print_header(args: argparse.Namespace, threads: int) -> None:
     print(f"{args.preset}, seq {args.seq_len}, {args.dtype}, {jax.devices()[0].device_kind}, "
           f"{threads} threads; sequences/s, median (best); pretraining: bert-jax projects "
           f"{args.predictions} masked positions, PyTorch all {args.seq_len}")
-    print(f"{'workload':<16} {'batch':>5} {'bert-jax':>17} {'pytorch':>17} {'ratio':>15}")
+    print(f"{'workload':<16} {'batch':>5} {'bert-jax':>17} {'pytorch':>17} {'ratio':>15} "
+          f"{'GFLOP/s jax':>11} {'torch':>6}")
 
 
 def print_row(row: dict) -> None:
@@ -195,8 +257,10 @@ def print_row(row: dict) -> None:
 
     ratio = (f"{row['ratio']:5.2f}x ({row['best_ratio']:4.2f}x)" if "ratio" in row
              else f"{'-':>15}")
+    gflops = " ".join(f"{row[side]['gflop_per_s']:{w}.0f}" if side in row else f"{'-':>{w}}"
+                      for side, w in (("bert-jax", 11), ("pytorch", 6)))
     print(f"{row['workload']:<16} {row['batch_size']:>5} {cell('bert-jax')} {cell('pytorch')} "
-          f"{ratio}", flush=True)
+          f"{ratio} {gflops}", flush=True)
 
 
 if __name__ == "__main__":
