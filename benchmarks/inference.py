@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -44,6 +43,8 @@ import numpy as np
 from bert_jax import config as config_lib
 from bert_jax import flops
 from bert_jax import model as modeling
+
+from timing import time_interleaved
 
 WORKLOADS = ("encoder", "pretraining", "pretraining-all")
 
@@ -61,23 +62,6 @@ def make_inputs(cfg: config_lib.BertConfig, batch: int, seq_len: int, prediction
                                                     False)) for _ in range(batch)]).astype(
             np.int32),
     )
-
-
-def time_interleaved(calls: dict[str, Callable[[], None]], min_iters: int, min_time: float,
-                     warmup: int) -> dict[str, list[float]]:
-    """Per-call seconds of each side, the sides alternating call by call, so that a busy
-    (shared) machine slows them alike; until `min_iters` calls and `min_time` s per side."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    while min(len(t) for t in times.values()) < min_iters or min(sum(t) for t in
-                                                                 times.values()) < min_time:
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def jax_call(cfg: config_lib.BertConfig, params: dict, workload: str,

@@ -1,7 +1,7 @@
 """Training throughput: bert-jax vs transformers' PyTorch BertForPreTraining, one run.
 
   python benchmarks/train.py                       # bert-base, seq 128, batch 8, CPU
-  python benchmarks/train.py --preset tiny --steps 5 --json
+  python benchmarks/train.py --preset tiny --seq-len 64 --steps 5 --json
 
 Both sides do the same work per step: forward + backward + optimizer update of
 BertForPreTraining (MLM + NSP) on random token ids, dropout on, fp32, with 20 masked
@@ -9,8 +9,10 @@ positions per sequence (the recipe's max_predictions_per_seq at 128). bert-jax p
 only the masked positions onto the vocabulary (as the original TF code does); PyTorch
 projects every position and ignores the unmasked ones with label -100 (as transformers
 does). The optimizer is BERT Adam (bert-jax) and torch.optim.AdamW (PyTorch), whose
-costs are alike. Prints sequences/s, the ratio, and model FLOP/s by the formula of
-bert_jax/flops.py (counted at the masked positions for both, i.e. useful FLOPs).
+costs are alike. The two sides' steps alternate (benchmarks/timing.py), so a slow spell
+of a shared machine hits both. Prints sequences/s from the median step, the ratio, and
+model FLOP/s by the formula of bert_jax/flops.py (counted at the masked positions for
+both, i.e. useful FLOPs).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 import jax
 import numpy as np
@@ -29,6 +30,8 @@ from bert_jax import flops, model, optim, sharding
 from bert_jax.train import objectives
 from bert_jax.train import state as state_lib
 from bert_jax.train import step as step_lib
+
+from timing import time_interleaved
 
 
 def make_batch(cfg, batch, seq_len, predictions, seed=0):
@@ -48,18 +51,8 @@ def make_batch(cfg, batch, seq_len, predictions, seed=0):
     )
 
 
-def time_steps(run_step, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        run_step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def bench_jax(cfg, batch, steps, warmup):
+def jax_step(cfg, batch):
+    """A no-argument closure running one bert-jax train step to completion."""
     module = model.build(cfg, "pretraining")
     ocfg = optim.default_config()
     ocfg.warmup_steps = 10
@@ -75,10 +68,11 @@ def bench_jax(cfg, batch, steps, warmup):
         holder["state"], metrics = train_step(holder["state"], device_batch)
         jax.block_until_ready(metrics["loss"])
 
-    return time_steps(run, steps, warmup)
+    return run
 
 
-def bench_torch(cfg, batch, steps, warmup, threads):
+def torch_step(cfg, batch, threads):
+    """A no-argument closure running one PyTorch train step."""
     import torch
     from transformers import BertConfig, BertForPreTraining
 
@@ -103,7 +97,7 @@ def bench_torch(cfg, batch, steps, warmup, threads):
         torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
         opt.step()
 
-    return time_steps(run, steps, warmup)
+    return run
 
 
 def main() -> None:
@@ -120,17 +114,18 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = config_lib.preset(args.preset, dtype=args.dtype)
+    if args.seq_len > cfg.max_position_embeddings:
+        parser.error(f"--seq-len {args.seq_len} exceeds the {args.preset} preset's "
+                     f"{cfg.max_position_embeddings} positions")
     batch = make_batch(cfg, args.batch_size, args.seq_len, args.predictions)
     step_flops = args.batch_size * flops.train_flops(cfg, args.seq_len, args.predictions)
     results = {"preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
                "device": jax.devices()[0].device_kind, "dtype": args.dtype,
                "gflop_per_step": step_flops / 1e9}
-    sides = {"bert-jax": lambda: bench_jax(cfg, batch, args.steps, args.warmup)}
+    sides = {"bert-jax": jax_step(cfg, batch)}
     if not args.no_torch:
-        threads = len(os.sched_getaffinity(0))
-        sides["pytorch"] = lambda: bench_torch(cfg, batch, args.steps, args.warmup, threads)
-    for name, bench in sides.items():
-        times = bench()
+        sides["pytorch"] = torch_step(cfg, batch, len(os.sched_getaffinity(0)))
+    for name, times in time_interleaved(sides, args.steps, 0.0, args.warmup).items():
         median = statistics.median(times)
         results[name] = {"seq_per_s": args.batch_size / median, "step_s": median,
                          "model_gflop_per_s": step_flops / median / 1e9}
