@@ -9,10 +9,13 @@ positions per sequence (the recipe's max_predictions_per_seq at 128). bert-jax p
 only the masked positions onto the vocabulary (as the original TF code does); PyTorch
 projects every position and ignores the unmasked ones with label -100 (as transformers
 does). The optimizer is BERT Adam (bert-jax) and torch.optim.AdamW (PyTorch), whose
-costs are alike. The two sides' steps alternate (benchmarks/timing.py), so a slow spell
-of a shared machine hits both. Prints sequences/s from the median step, the ratio, and
-model FLOP/s by the formula of bert_jax/flops.py (counted at the masked positions for
-both, i.e. useful FLOPs).
+costs are alike. Each side runs in its own fresh process, and the sides alternate for
+`--rounds` rounds: in one process, alternating steps made bert-jax's ~1.3 GB of state
+and PyTorch's evict each other (bert-jax's step measured 32% slower that way), and a
+shared machine drifts, so a slow spell should hit both. Prints sequences/s from the
+median step over all rounds, the per-round medians, the ratio, and model FLOP/s by the
+formula of bert_jax/flops.py (counted at the masked positions for both, i.e. useful
+FLOPs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -100,16 +105,43 @@ def torch_step(cfg, batch, threads):
     return run
 
 
+SIDES = ("bert-jax", "pytorch")
+
+
+def run_side(side: str) -> list[float]:
+    """Step seconds of one side, measured in a fresh process with this run's arguments."""
+    argv = [a for a in sys.argv[1:] if a != "--json"]
+    out = subprocess.run([sys.executable, __file__, *argv, "--side", side],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the {side} side failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def side_times(args: argparse.Namespace, side: str) -> list[float]:
+    """Step seconds of one side, measured in this process."""
+    cfg = config_lib.preset(args.preset, dtype=args.dtype)
+    batch = make_batch(cfg, args.batch_size, args.seq_len, args.predictions)
+    if side == "bert-jax":
+        run = jax_step(cfg, batch)
+    else:
+        run = torch_step(cfg, batch, len(os.sched_getaffinity(0)))
+    return time_interleaved({side: run}, args.steps, 0.0, args.warmup)[side]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="base", help="model size (tiny, mini, base, large)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--predictions", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per side per round")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternations of the two sides, each in a fresh process")
     parser.add_argument("--dtype", default="float32", help="bert-jax compute dtype")
     parser.add_argument("--no-torch", action="store_true", help="bert-jax only (e.g. on GPU)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, this process
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -117,18 +149,24 @@ def main() -> None:
     if args.seq_len > cfg.max_position_embeddings:
         parser.error(f"--seq-len {args.seq_len} exceeds the {args.preset} preset's "
                      f"{cfg.max_position_embeddings} positions")
-    batch = make_batch(cfg, args.batch_size, args.seq_len, args.predictions)
+    if args.side:
+        print(json.dumps(side_times(args, args.side)))
+        return
+
+    sides = SIDES[:1] if args.no_torch else SIDES
+    per_round = {side: [] for side in sides}
+    for _ in range(args.rounds):
+        for side in sides:
+            per_round[side].append(run_side(side))
     step_flops = args.batch_size * flops.train_flops(cfg, args.seq_len, args.predictions)
     results = {"preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
                "device": jax.devices()[0].device_kind, "dtype": args.dtype,
                "gflop_per_step": step_flops / 1e9}
-    sides = {"bert-jax": jax_step(cfg, batch)}
-    if not args.no_torch:
-        sides["pytorch"] = torch_step(cfg, batch, len(os.sched_getaffinity(0)))
-    for name, times in time_interleaved(sides, args.steps, 0.0, args.warmup).items():
-        median = statistics.median(times)
+    for name, rounds in per_round.items():
+        median = statistics.median(t for times in rounds for t in times)
         results[name] = {"seq_per_s": args.batch_size / median, "step_s": median,
-                         "model_gflop_per_s": step_flops / median / 1e9}
+                         "model_gflop_per_s": step_flops / median / 1e9,
+                         "round_medians_s": [statistics.median(t) for t in rounds]}
         peak = flops.peak_flops(results["device"])
         if peak:
             results[name]["mfu"] = step_flops / median / peak
@@ -138,13 +176,15 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"{args.preset}, seq {args.seq_len}, batch {args.batch_size}, {results['device']}, "
-          f"{step_flops / 1e9:.0f} GFLOP/step (fwd+bwd+update)")
-    print(f"{'':10} {'seq/s':>8} {'s/step':>8} {'GFLOP/s':>9}")
+          f"{step_flops / 1e9:.0f} GFLOP/step (fwd+bwd+update), {args.rounds} rounds x "
+          f"{args.steps} steps per side")
+    print(f"{'':10} {'seq/s':>8} {'s/step':>8} {'GFLOP/s':>9}  per-round median s/step")
     for name in sides:
         r = results[name]
         mfu = f"  MFU {r['mfu']:.1%}" if "mfu" in r else ""
+        rounds = " ".join(f"{t:.2f}" for t in r["round_medians_s"])
         print(f"{name:10} {r['seq_per_s']:8.2f} {r['step_s']:8.3f} "
-              f"{r['model_gflop_per_s']:9.1f}{mfu}")
+              f"{r['model_gflop_per_s']:9.1f}  {rounds}{mfu}")
     if "ratio" in results:
         print(f"bert-jax / pytorch: {results['ratio']:.2f}x")
 
