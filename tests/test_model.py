@@ -135,3 +135,28 @@ def test_every_param_has_logical_axes_of_its_rank(params, head):
         assert set(spec) <= known, (path, spec)
     word = params[head].get("bert", params[head])["embeddings"]["word_embeddings"]["embedding"]
     assert word.shape == (CFG.vocab_size, CFG.hidden_size)
+
+
+def test_layer_norm_and_gelu_follow_their_formulas():
+    """The two building blocks written here rather than taken from flax/jax: LayerNorm
+    (two-pass variance, eps inside the root) and GELU's erf form, against numpy/scipy."""
+    from scipy.special import erf
+
+    from bert_jax.model import LayerNorm, gelu
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2, 5, 32)) * 3 + 7).astype(np.float32)
+    scale, bias = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    eps = 1e-12
+    mean = x.astype(np.float64).mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    expected = (x - mean) / np.sqrt(var + eps) * scale + bias
+    params = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
+    got = LayerNorm(eps).apply(params, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5)
+    assert LayerNorm(eps, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16)).dtype == \
+        jnp.bfloat16
+
+    z = np.linspace(-10, 10, 2001).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(z))),
+                               0.5 * z * (1 + erf(z / np.sqrt(2.0))), atol=1e-6)
