@@ -93,6 +93,31 @@ class LayerNorm(nn.Module):
         return (y * scale.astype(y.dtype) + bias.astype(y.dtype)).astype(self.dtype)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout whose mask takes 16 random bits per element, two per 32-bit word.
+
+    flax's `nn.Dropout` spends one threefry evaluation per element; halving them saves
+    ~2-3% of a bert-base train step on CPU. The drop probability is `rate` rounded to
+    1/65536 (0.1 -> 0.100006) and the kept values are scaled by the exact keep
+    probability, so the expectation is unchanged.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        threshold = round(self.rate * 65536)  # drop where the 16 bits are below it
+        keep_prob = 1.0 - threshold / 65536
+        *lead, n = x.shape
+        words = jax.random.bits(self.make_rng("dropout"), (*lead, (n + 1) // 2), jnp.uint32)
+        bits = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(*lead, -1)[..., :n]
+        return jnp.where(bits >= threshold, x / keep_prob, 0).astype(x.dtype)
+
+
 def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
     return LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
                      param_dtype=jnp.dtype(cfg.param_dtype), name=name)
@@ -128,7 +153,7 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
                                             "token_type_embeddings")
         self.LayerNorm = _layer_norm(cfg)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
                  deterministic: bool) -> Array:
@@ -161,7 +186,7 @@ class BertSelfAttention(nn.Module):
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, heads, L, d]
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + bias, axis=-1)
-        dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(
+        dropped = Dropout(cfg.attention_probs_dropout_prob)(
             probs, deterministic=deterministic).astype(v.dtype)
         context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3).reshape(
             b, length, cfg.hidden_size)
@@ -176,7 +201,7 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
         cfg = self.config
-        drop = nn.Dropout(cfg.hidden_dropout_prob)
+        drop = Dropout(cfg.hidden_dropout_prob)
 
         context, probs = BertSelfAttention(cfg, name="attention_self")(x, bias, deterministic)
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
@@ -337,7 +362,7 @@ class BertForSequenceClassification(nn.Module):
         cfg = self.config
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids,
                                           deterministic=deterministic)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(enc.pooler_output, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(enc.pooler_output, deterministic=deterministic)
         return _dense(cfg, cfg.num_labels, ("embed", None), "classifier")(x).astype(jnp.float32)
 
 

@@ -160,3 +160,25 @@ def test_layer_norm_and_gelu_follow_their_formulas():
     z = np.linspace(-10, 10, 2001).astype(np.float32)
     np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(z))),
                                0.5 * z * (1 + erf(z / np.sqrt(2.0))), atol=1e-6)
+
+
+def test_dropout_rate_scale_and_determinism():
+    from bert_jax.model import Dropout
+
+    x = jnp.ones((32, 64, 96))
+
+    def apply(rate, seed, deterministic=False):
+        return Dropout(rate).apply({}, x, deterministic, rngs={"dropout": jax.random.key(seed)})
+
+    y = np.asarray(apply(0.1, 0))
+    dropped = (y == 0).mean()
+    # 196,608 Bernoulli draws: the std of the fraction is ~7e-4
+    assert abs(dropped - 0.1) < 4e-3
+    kept = y[y != 0]
+    np.testing.assert_allclose(kept, 1 / (1 - round(0.1 * 65536) / 65536), rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 5e-3  # expectation kept
+    np.testing.assert_array_equal(y, np.asarray(apply(0.1, 0)))  # same key, same mask
+    assert (np.asarray(apply(0.1, 1)) != y).any()
+    np.testing.assert_array_equal(np.asarray(apply(0.1, 0, deterministic=True)), np.asarray(x))
+    assert abs((np.asarray(apply(0.5, 2)) == 0).mean() - 0.5) < 5e-3
+    assert not np.asarray(apply(1.0, 0)).any()
