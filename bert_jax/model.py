@@ -114,7 +114,7 @@ class Dropout(nn.Module):
         keep_prob = 1.0 - threshold / 65536
         *lead, n = x.shape
         words = jax.random.bits(self.make_rng("dropout"), (*lead, (n + 1) // 2), jnp.uint32)
-        bits = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(*lead, -1)[..., :n]
+        bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :n]
         return jnp.where(bits >= threshold, x / keep_prob, 0).astype(x.dtype)
 
 
