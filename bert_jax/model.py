@@ -96,8 +96,9 @@ class LayerNorm(nn.Module):
 class Dropout(nn.Module):
     """Inverted dropout whose mask takes 16 random bits per element, two per 32-bit word.
 
-    flax's `nn.Dropout` spends one threefry evaluation per element; halving them saves
-    ~2-3% of a bert-base train step on CPU. The drop probability is `rate` rounded to
+    flax's `nn.Dropout` spends one threefry evaluation per element; halving them made a
+    bert-base train step on CPU 5.5% faster (timed in alternating processes). The drop
+    probability is `rate` rounded to
     1/65536 (0.1 -> 0.100006) and the kept values are scaled by the exact keep
     probability, so the expectation is unchanged.
     """
