@@ -9,8 +9,9 @@ The default reproduces google-research/bert `optimization.py` exactly:
   update = m / (sqrt(v) + 1e-6) + 0.01 * param   (no decay on LayerNorm/bias params)
   param -= lr(t) * update
 Options, each one config field away: AdamW with bias correction, LAMB, other
-schedules (cosine, constant, power != 1, a floor). Built from optax pieces; the only
-hand-written transform is Adam without bias correction, which optax does not have.
+schedules (cosine, constant, power != 1, a floor). Built from optax pieces; two small
+transforms are written here: Adam without bias correction, which optax does not have, and
+clipping by the original's formula (see `clip_by_global_norm`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,27 @@ def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999,
     return optax.GradientTransformation(init, update)
 
 
+# ---- clipping ---------------------------------------------------------------------------
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Every gradient times max_norm / max(global_norm, max_norm), as
+    `tf.clip_by_global_norm` in the original.
+
+    optax's transform instead selects between g and g / norm * max_norm. XLA treats that
+    per-element divide as too expensive to recompute in each consumer, so the clipped
+    gradients were written out and read back by the moment and parameter updates: a
+    multiply by one scalar fuses into them, and bert-base's optimizer update on CPU
+    took ~2.5x less time (measured on the update alone).
+    """
+
+    def update(updates, state, params=None):
+        del params
+        scale = max_norm / jnp.maximum(optax.global_norm(updates), max_norm)
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 # ---- the optimizer ----------------------------------------------------------------------
 
 def build(cfg: ml_collections.ConfigDict, total_steps: int
@@ -122,7 +144,7 @@ def build(cfg: ml_collections.ConfigDict, total_steps: int
         raise UserError(f"unknown optimizer {name!r}; choose bert_adam, adamw or lamb")
     parts = []
     if cfg.get("clip_norm"):
-        parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+        parts.append(clip_by_global_norm(float(cfg.clip_norm)))
     parts.append(scale)
     if cfg.weight_decay:
         parts.append(optax.add_decayed_weights(float(cfg.weight_decay), mask=decay_mask))

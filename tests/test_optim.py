@@ -162,3 +162,17 @@ def test_bad_optimizer_config_is_a_user_error():
         optim.build(config(name="sgdd", warmup_steps=0), 10)
     with pytest.raises(UserError, match="warmup_steps"):
         optim.build(config(warmup_steps=100), 10)
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.0, 4.0])
+def test_clip_by_global_norm_is_the_original_formula(factor):
+    """g * c / max(||g||, c): untouched below the threshold, norm exactly c above it."""
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.normal(size=(5, 3)), "b": rng.normal(size=(7,))}
+    norm = np.sqrt(sum(np.sum(g ** 2) for g in grads.values()))
+    grads = {k: (g / norm * factor).astype(np.float32) for k, g in grads.items()}
+    tx = optim.clip_by_global_norm(1.0)
+    clipped, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(grads))
+    for k, g in grads.items():
+        np.testing.assert_allclose(clipped[k], g / max(factor, 1.0), rtol=1e-6)
+    assert float(optax.global_norm(clipped)) == pytest.approx(min(factor, 1.0), rel=1e-6)
