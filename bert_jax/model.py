@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import flax.struct
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
@@ -94,13 +95,16 @@ class LayerNorm(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout whose mask takes 16 random bits per element, two per 32-bit word.
+    """Inverted dropout whose mask takes 16 random bits per element, four per threefry call.
 
-    flax's `nn.Dropout` spends one threefry evaluation per element; halving them made a
-    bert-base train step on CPU 5.5% faster (timed in alternating processes). The drop
-    probability is `rate` rounded to
-    1/65536 (0.1 -> 0.100006) and the kept values are scaled by the exact keep
-    probability, so the expectation is unchanged.
+    flax's `nn.Dropout` spends one threefry evaluation per element, and `jax.random.bits`
+    keeps 32 of the 64 bits each evaluation makes. Here the counter of element block j is
+    j itself (as `jax.random.bits` counts, so the mask shards with the activations) and
+    both output words are used: a quarter of the evaluations. 16-bit draws made a bert-base
+    train step on CPU 5.5% faster, and keeping both words another 2% (alternating
+    processes). The drop probability is `rate` rounded to 1/65536 (0.1 -> 0.100006) and
+    the kept values are scaled by the exact keep probability, so the expectation is
+    unchanged.
     """
 
     rate: float
@@ -113,10 +117,25 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         threshold = round(self.rate * 65536)  # drop where the 16 bits are below it
         keep_prob = 1.0 - threshold / 65536
-        *lead, n = x.shape
-        words = jax.random.bits(self.make_rng("dropout"), (*lead, (n + 1) // 2), jnp.uint32)
-        bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :n]
+        bits = _random_uint16(self.make_rng("dropout"), x.shape)
         return jnp.where(bits >= threshold, x / keep_prob, 0).astype(x.dtype)
+
+
+def _random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
+    """Uniform 16-bit draws: threefry2x32 of counter (0, j) gives elements 4j .. 4j+3."""
+    *lead, n = shape
+    blocks = (*lead, -(-n // 4))
+    if math.prod(blocks) >= 2**32:
+        raise ValueError(f"dropout mask {shape} needs more than 2**32 threefry counters")
+    counter = jnp.zeros(blocks, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(blocks))):  # the row-major index, built from iotas
+        counter = counter + jax.lax.broadcasted_iota(jnp.uint32, blocks, axis) * stride
+        stride *= blocks[axis]
+    k = jax.random.key_data(key)
+    hi, lo = jax.extend.random.threefry2x32_p.bind(k[0], k[1], jnp.zeros_like(counter), counter)
+    words = jnp.stack([hi, lo], axis=-1)  # [*lead, blocks, 2] uint32
+    return jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :n]
 
 
 def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
