@@ -604,15 +604,23 @@ def read_config(directory: Path, **overrides: Any) -> BertConfig:
 
 # ---- bert-jax pre-training workdirs -----------------------------------------------------
 
-def is_workdir(path: str | Path) -> bool:
-    """A `bert-jax pretrain` workdir: its resolved config.json and orbax checkpoints."""
+def workdir_config(path: str | Path) -> dict[str, Any] | None:
+    """The saved config.json of a bert-jax run directory (orbax checkpoints plus a config
+    with a "model" section: a pre-training workdir, or a fine-tuning run with "task"
+    too), or None for any other path."""
     p = Path(path).expanduser()
     if not ((p / "checkpoints").is_dir() and (p / "config.json").is_file()):
-        return False
+        return None
     try:
-        return "model" in json.loads((p / "config.json").read_text())
+        saved = json.loads((p / "config.json").read_text())
     except json.JSONDecodeError:
-        return False
+        return None
+    return saved if isinstance(saved, dict) and "model" in saved else None
+
+
+def is_workdir(path: str | Path) -> bool:
+    """A `bert-jax pretrain` workdir (or any run directory with model checkpoints)."""
+    return workdir_config(path) is not None
 
 
 def read_workdir(path: Path, **overrides: Any

@@ -289,14 +289,7 @@ def predict_all(predict, params: Any, features: dict[str, np.ndarray], mesh: Any
 
 def is_run_dir(path: str | Path) -> bool:
     """A fine-tuning run directory that kept its weights (config.save_checkpoint)."""
-    p = Path(path)
-    if not ((p / "checkpoints").is_dir() and (p / "config.json").is_file()):
-        return False
-    try:
-        saved = json.loads((p / "config.json").read_text())
-    except json.JSONDecodeError:
-        return False
-    return "task" in saved and "model" in saved
+    return "task" in (weights.workdir_config(path) or {})
 
 
 def load_run(run_dir: str | Path) -> tuple[glue.TaskSpec, weights.Pretrained]:
