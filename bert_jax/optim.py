@@ -119,7 +119,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        scale = max_norm / jnp.maximum(optax.global_norm(updates), max_norm)
+        scale = max_norm / jnp.maximum(optax.tree.norm(updates), max_norm)
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update)

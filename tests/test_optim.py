@@ -175,4 +175,4 @@ def test_clip_by_global_norm_is_the_original_formula(factor):
     clipped, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(grads))
     for k, g in grads.items():
         np.testing.assert_allclose(clipped[k], g / max(factor, 1.0), rtol=1e-6)
-    assert float(optax.global_norm(clipped)) == pytest.approx(min(factor, 1.0), rel=1e-6)
+    assert float(optax.tree.norm(clipped)) == pytest.approx(min(factor, 1.0), rel=1e-6)

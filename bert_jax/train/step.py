@@ -68,7 +68,7 @@ def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
                 body, (jnp.zeros((), jnp.float32), nums0, zeros),
                 (jnp.arange(accum_steps), micro))
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(params_and_opt):
