@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--predictions", type=int, default=20)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side per round")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="alternations of the two sides, each in a fresh process")
     parser.add_argument("--dtype", default="float32", help="bert-jax compute dtype")
     parser.add_argument("--no-torch", action="store_true", help="bert-jax only (e.g. on GPU)")
