@@ -282,13 +282,12 @@ def main() -> None:
     # The bert-jax summaries over all seeds (every run is finished: nothing is retrained).
     # Each task is its own sweep (its own train_limit), and each sweep rewrites the
     # workdir's reports, so the tasks' summaries are merged and the reports written once.
-    merged: dict = {}
-    for name in tasks:
-        s = glue_sweep.sweep(configs[name], [name], args.model, args.data_dir, workdir,
-                             lrs=[args.lr], seeds=seeds, progress=False)
-        merged = {**s, "tasks": {**merged.get("tasks", {}), **s["tasks"]},
-                  "train_limits": limits}
-    glue_sweep.write_reports(merged, workdir)
+    summaries = {name: glue_sweep.sweep(configs[name], [name], args.model, args.data_dir,
+                                        workdir, lrs=[args.lr], seeds=seeds, progress=False)
+                 for name in tasks}
+    glue_sweep.write_reports(
+        {**summaries[tasks[-1]], "tasks": {n: s["tasks"][n] for n, s in summaries.items()},
+         "train_limits": limits}, workdir)
 
     limit = ", ".join(f"{t} the first {n}" if n else f"{t} all" for t, n in limits.items())
     skipped = [t for t in tasks if t not in torch_tasks]
