@@ -109,7 +109,7 @@ def useful_flops(cfg: config_lib.BertConfig, workload: str, seq_len: int,
     """Matmul FLOPs of one sequence's forward in `workload` (the masked positions only for
     `pretraining`, whichever side projects more)."""
     if workload == "encoder":
-        return flops.forward_flops(cfg, seq_len, predictions=0, nsp=False)
+        return flops.encoder_flops(cfg, seq_len)
     return flops.forward_flops(cfg, seq_len, predictions if workload == "pretraining" else None)
 
 

@@ -6,9 +6,13 @@ percent and left out, as is usual for MFU. One sequence of length S, forward:
                   + 4*S*S*H)             scores QK^T and context PV
   MLM head   2*P*(H*H + H*V)             transform + tied decoder, at P positions
              (P = S when all positions are projected)
-  pooler+NSP 2*(H*H + 2*H)
+  pooler+NSP 2*(H*H + 2*H)                 (the MLM-only model: its pooler, 2*H*H)
+With P masked positions the last layer runs only at R = 1 + P rows ([CLS] and the
+masked positions; the model computes nothing else there), so its term is
+  2*S*2*H*H + 2*R*(2*H*H + 2*H*I) + 4*R*S*H    k, v at every row; the rest at R.
 A training step costs 3x the forward (backward = 2x forward). For bert-base at
-S=128, P=20 this is 69.9 GFLOP per sequence, RECIPE.md's ~70 GFLOP.
+S=128, P=20 this is 65.9 GFLOP per sequence (69.8 with the full last layer, RECIPE.md's
+~70 GFLOP).
 """
 
 from __future__ import annotations
@@ -30,15 +34,26 @@ PEAK_FLOPS = {
 }
 
 
+def encoder_flops(cfg: BertConfig, seq_len: int, last_layer_rows: int | None = None) -> float:
+    """Matmul FLOPs of one sequence through the encoder; `last_layer_rows` R: the last
+    layer computes only R rows (they attend to all S)."""
+    h, i, s = cfg.hidden_size, cfg.intermediate_size, seq_len
+    r = s if last_layer_rows is None else last_layer_rows
+    layer = 2 * s * (4 * h * h + 2 * h * i) + 4 * s * s * h
+    last = 2 * s * 2 * h * h + 2 * r * (2 * h * h + 2 * h * i) + 4 * r * s * h
+    return float((cfg.num_hidden_layers - 1) * layer + last)
+
+
 def forward_flops(cfg: BertConfig, seq_len: int, predictions: int | None = None,
                   nsp: bool = True) -> float:
-    """Matmul FLOPs of one sequence's forward pass; `predictions=None` projects every
-    position onto the vocabulary."""
-    h, i, s, v = cfg.hidden_size, cfg.intermediate_size, seq_len, cfg.vocab_size
-    p = s if predictions is None else predictions
-    encoder = cfg.num_hidden_layers * (2 * s * (4 * h * h + 2 * h * i) + 4 * s * s * h)
+    """Matmul FLOPs of one sequence's pre-training forward pass: the MLM head at
+    `predictions` masked positions (the last layer then runs at [CLS] and those only),
+    or, with `predictions=None`, at every position."""
+    h, v = cfg.hidden_size, cfg.vocab_size
+    p = seq_len if predictions is None else predictions
+    encoder = encoder_flops(cfg, seq_len, None if predictions is None else 1 + predictions)
     mlm = 2 * p * (h * h + h * v)
-    pooler = 2 * (h * h + 2 * h) if nsp else 0
+    pooler = 2 * (h * h + 2 * h) if nsp else 2 * h * h
     return float(encoder + mlm + pooler)
 
 

@@ -160,6 +160,11 @@ def attention_bias(attention_mask: Array) -> Array:
     return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
+def gather_positions(x: Array, positions: Array) -> Array:
+    """x[b, positions[b, p]] for every b, p: [B, L, H] x [B, P] -> [B, P, H]."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
 # ---- the encoder ------------------------------------------------------------------------
 
 class BertEmbeddings(nn.Module):
@@ -191,25 +196,28 @@ class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
+    def __call__(self, x: Array, bias: Array, deterministic: bool,
+                 queries: Array | None = None) -> tuple[Array, Array]:
+        """Self-attention of x [B, L, H]; `queries` [B, Q, H] (rows of x) attend to all
+        of x instead, giving context [B, Q, H]."""
         cfg = self.config
-        b, length, _ = x.shape
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+        queries = x if queries is None else queries
 
-        def project(name: str) -> Array:
-            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(x)
-            return y.reshape(b, length, heads, head_dim)
+        def project(name: str, y: Array) -> Array:
+            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
+            return y.reshape(*y.shape[:2], heads, head_dim)
 
         # Scaling q (L x d) is cheaper than scaling the scores (L x L).
-        q = project("query") * jnp.asarray(head_dim ** -0.5, x.dtype)
-        k, v = project("key"), project("value")
+        q = project("query", queries) * jnp.asarray(head_dim ** -0.5, x.dtype)
+        k, v = project("key", x), project("value", x)
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, heads, L, d]
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + bias, axis=-1)
         dropped = Dropout(cfg.attention_probs_dropout_prob)(
             probs, deterministic=deterministic).astype(v.dtype)
         context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3).reshape(
-            b, length, cfg.hidden_size)
+            queries.shape)
         return context, probs
 
 
@@ -219,11 +227,18 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
+    def __call__(self, x: Array, bias: Array, deterministic: bool,
+                 positions: Array | None = None) -> tuple[Array, Array]:
+        """x [B, L, H] -> [B, L, H]; with `positions` [B, P] only those rows are computed
+        (they attend to all of x): [B, P, H], the same values as the full block's rows."""
         cfg = self.config
         drop = Dropout(cfg.hidden_dropout_prob)
 
-        context, probs = BertSelfAttention(cfg, name="attention_self")(x, bias, deterministic)
+        queries = None if positions is None else gather_positions(x, positions)
+        context, probs = BertSelfAttention(cfg, name="attention_self")(
+            x, bias, deterministic, queries)
+        if queries is not None:
+            x = queries
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
         x = _layer_norm(cfg, "attention_output_LayerNorm")(
             x + drop(y, deterministic=deterministic))
@@ -272,7 +287,11 @@ class BertModel(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        last_layer_positions: Array | None = None,
     ) -> BertOutput:
+        """`last_layer_positions` [B, P]: compute the last layer only at these positions,
+        so last_hidden_state is [B, P, H] (row p: the state at position last_layer_positions[:, p])
+        and the pooler reads row 0: put position 0 first when the pooler is wanted."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
@@ -284,8 +303,9 @@ class BertModel(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         bias = attention_bias(attention_mask)
         hidden, attentions = [x], []
-        for layer in self.layers:
-            x, probs = layer(x, bias, deterministic)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x, probs = layer(x, bias, deterministic, last_layer_positions if last else None)
             hidden.append(x)
             attentions.append(probs)
         pooled = None
@@ -303,11 +323,6 @@ class BertModel(nn.Module):
 
 
 # ---- heads ------------------------------------------------------------------------------
-
-def gather_positions(x: Array, positions: Array) -> Array:
-    """x[b, positions[b, p]] for every b, p: [B, L, H] x [B, P] -> [B, P, H]."""
-    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
-
 
 class BertMLMHead(nn.Module):
     """cls.predictions: dense + act + LayerNorm, then the tied decoder plus its own bias."""
@@ -356,14 +371,22 @@ class BertForPreTraining(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> PreTrainingOutput:
-        """`masked_positions` [B, P]: project only these positions onto the vocabulary."""
+        """`masked_positions` [B, P]: project only these positions onto the vocabulary.
+        Nothing else reads the last layer's other rows, so it runs only at [CLS] and the
+        masked positions (5.6% of bert-base's FLOPs at S=128, P=20; the same values), and
+        encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions."""
+        positions = None
+        if masked_positions is not None:
+            cls = jnp.zeros_like(masked_positions[:, :1])
+            positions = jnp.concatenate([cls, masked_positions], axis=1)
         enc = self.bert(input_ids, attention_mask, token_type_ids,
                         deterministic=deterministic,
                         output_hidden_states=output_hidden_states,
-                        output_attentions=output_attentions)
+                        output_attentions=output_attentions,
+                        last_layer_positions=positions)
         x = enc.last_hidden_state
         if masked_positions is not None:
-            x = gather_positions(x, masked_positions)
+            x = x[:, 1:]
         mlm_logits = self.cls_predictions(x, self.bert)
         nsp_logits = None
         if self.nsp:

@@ -85,6 +85,36 @@ def test_masked_positions_gather_the_full_logits(params):
             np.testing.assert_allclose(np.asarray(part.mlm_logits[b, p]),
                                        np.asarray(full.mlm_logits[b, int(positions[b, p])]),
                                        atol=1e-5)
+    # The last layer ran only at [CLS] and the masked positions: the same states, the
+    # same pooled [CLS], so the same NSP logits.
+    assert part.encoder.last_hidden_state.shape == (B, 4, CFG.hidden_size)
+    rows = np.concatenate([np.zeros((B, 1), int), np.asarray(positions)], axis=1)
+    np.testing.assert_allclose(
+        np.asarray(part.encoder.last_hidden_state),
+        np.take_along_axis(np.asarray(full.encoder.last_hidden_state), rows[..., None], 1),
+        atol=1e-5)
+    np.testing.assert_allclose(np.asarray(part.nsp_logits), np.asarray(full.nsp_logits),
+                               atol=1e-5)
+
+
+def test_masked_positions_give_the_full_models_gradients(params):
+    """Computing the last layer at the masked positions only changes no gradient."""
+    ids, mask, types = inputs()
+    positions = jnp.array([[1, 2, 15], [0, 9, 9], [3, 1, 0]], jnp.int32)
+    targets = jnp.asarray(np.random.default_rng(2).integers(0, CFG.vocab_size, (B, 3)))
+    net = build(CFG, "pretraining")
+
+    def loss(p, sparse: bool):
+        out = net.apply({"params": p}, ids, mask, types, positions if sparse else None)
+        logits = out.mlm_logits if sparse else jnp.take_along_axis(
+            out.mlm_logits, positions[..., None], axis=1)
+        mlm = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+        return mlm + jax.nn.log_softmax(out.nsp_logits)[:, 0].mean()
+
+    sparse = jax.grad(loss)(params["pretraining"], True)
+    full = jax.grad(loss)(params["pretraining"], False)
+    for a, b in zip(jax.tree.leaves(sparse), jax.tree.leaves(full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_bf16_compute_close_to_fp32_with_fp32_params(params):
