@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bert_jax.config import preset
-from bert_jax.model import build, init_params, param_logical_axes, param_shapes
+from bert_jax.model import build, init_params, matmul_2d, param_logical_axes, param_shapes
 
 CFG = preset("tiny", num_labels=3)
 B, L = 3, 16
@@ -228,3 +228,22 @@ def test_dropout_lanes_of_one_draw_are_independent():
         assert abs(both - 0.25) < 5e-3, (offset, both)
     # rows draw distinct blocks: no row repeats another's mask
     assert len({r.tobytes() for r in dropped[:, :64]}) == 64
+
+
+@pytest.mark.parametrize("rhs_shape,dims", [
+    ((8, 5), (((2,), (0,)), ((), ()))),   # x @ kernel (nn.Dense)
+    ((5, 8), (((2,), (1,)), ((), ()))),   # x @ table.T (the tied decoder)
+    ((3, 8, 5), (((2,), (1,)), ((0,), (0,)))),  # batched: passed through unchanged
+])
+def test_matmul_2d_is_dot_general_with_the_same_gradients(rhs_shape, dims):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 4, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
+    ours, ref = matmul_2d(x, w, dims), jax.lax.dot_general(x, w, dims)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-6)
+    dy = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    g_ours = jax.vjp(lambda a, b: matmul_2d(a, b, dims), x, w)[1](dy)
+    g_ref = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dims), x, w)[1](dy)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
