@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bert_jax.config import preset
-from bert_jax.model import build, init_params, matmul_2d, param_logical_axes, param_shapes
+from bert_jax.model import (
+    build,
+    init_params,
+    matmul_2d,
+    param_logical_axes,
+    param_shapes,
+    threefry2x32,
+)
 
 CFG = preset("tiny", num_labels=3)
 B, L = 3, 16
@@ -228,6 +236,22 @@ def test_dropout_lanes_of_one_draw_are_independent():
         assert abs(both - 0.25) < 5e-3, (offset, both)
     # rows draw distinct blocks: no row repeats another's mask
     assert len({r.tobytes() for r in dropped[:, :64]}) == 64
+
+
+def test_threefry_is_jaxs_threefry_bit_for_bit():
+    # Random123's known-answer vector for threefry2x32_20 ...
+    out = threefry2x32(*(jnp.uint32(v) for v in (0x13198A2E, 0x03707344)),
+                       jnp.array([0x243F6A88], jnp.uint32), jnp.array([0x85A308D3], jnp.uint32))
+    assert [int(w[0]) for w in out] == [0xC4923A9C, 0x483DF7A0]
+    # ... and jax's own primitive on random keys and counters.
+    r = np.random.default_rng(0)
+    for _ in range(3):
+        k0, k1 = (jnp.uint32(v) for v in r.integers(0, 2**32, 2))
+        x0, x1 = (jnp.asarray(r.integers(0, 2**32, 4096), jnp.uint32) for _ in range(2))
+        ours = threefry2x32(k0, k1, x0, x1)
+        theirs = jax.extend.random.threefry2x32_p.bind(k0, k1, x0, x1)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("rhs_shape,dims", [
