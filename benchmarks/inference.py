@@ -19,8 +19,9 @@ Each measurement compiles/warms up both sides, then times calls, alternating ber
 and PyTorch call by call (jax.block_until_ready; torch.inference_mode with torch threads
 = the usable cores), until each side has `--min-iters` calls and `--min-time` seconds,
 and reports sequences/s from the median call (and the best call, in brackets) and the
-model FLOP/s that makes (bert_jax/flops.py; useful FLOPs: the masked positions only in
-`pretraining`, for both sides). On a shared machine run it more than once.
+model FLOP/s that makes (bert_jax/flops.py; useful FLOPs: the MLM head and the last layer
+at the masked positions only in `pretraining`, for both sides). On a shared machine run it
+more than once.
 
 It then times one lone matmul of the FFN's shape, [batch*seq, hidden] x [hidden,
 intermediate], on both sides (`--no-ceiling` skips it): the rate a forward pass made of

@@ -14,8 +14,8 @@ costs are alike. Each side runs in its own fresh process, and the sides alternat
 and PyTorch's evict each other (bert-jax's step measured 32% slower that way), and a
 shared machine drifts, so a slow spell should hit both. Prints sequences/s from the
 median step over all rounds, the per-round medians, the ratio, and model FLOP/s by the
-formula of bert_jax/flops.py (counted at the masked positions for both, i.e. useful
-FLOPs).
+formula of bert_jax/flops.py (the MLM head and the last layer counted at the masked
+positions for both, i.e. useful FLOPs).
 """
 
 from __future__ import annotations
