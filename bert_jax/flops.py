@@ -38,10 +38,12 @@ def encoder_flops(cfg: BertConfig, seq_len: int, last_layer_rows: int | None = N
     """Matmul FLOPs of one sequence through the encoder; `last_layer_rows` R: the last
     layer computes only R rows (they attend to all S)."""
     h, i, s = cfg.hidden_size, cfg.intermediate_size, seq_len
-    r = s if last_layer_rows is None else last_layer_rows
-    layer = 2 * s * (4 * h * h + 2 * h * i) + 4 * s * s * h
-    last = 2 * s * 2 * h * h + 2 * r * (2 * h * h + 2 * h * i) + 4 * r * s * h
-    return float((cfg.num_hidden_layers - 1) * layer + last)
+
+    def layer(rows: int) -> int:  # k, v at all S rows; q, out, FFN and attention at `rows`
+        return 2 * s * 2 * h * h + 2 * rows * (2 * h * h + 2 * h * i) + 4 * rows * s * h
+
+    last = layer(s if last_layer_rows is None else last_layer_rows)
+    return float((cfg.num_hidden_layers - 1) * layer(s) + last)
 
 
 def forward_flops(cfg: BertConfig, seq_len: int, predictions: int | None = None,
