@@ -44,6 +44,7 @@ from bert_jax.data.rng import derive_key, hash_bits
 from bert_jax.errors import UserError
 
 _FEISTEL_ROUNDS = 4
+_INDEX_BLOCK_ROWS = 16384  # example indices computed together (whole batches of them)
 
 
 def feistel_permute(x: np.ndarray, n: int, key: int | np.ndarray) -> np.ndarray:
@@ -137,6 +138,8 @@ class PretrainingLoader:
                             "drop_remainder=False")
         self._batches_per_epoch = n_batches
         self._epoch, self._position = 0, 0
+        self._block_batches = max(1, _INDEX_BLOCK_ROWS // self.batch_size)
+        self._index_block: tuple[tuple[int, int] | None, np.ndarray | None] = (None, None)
 
     # ---- state ------------------------------------------------------------------------
 
@@ -174,10 +177,24 @@ class PretrainingLoader:
 
     def example_indices(self, epoch: int, position: int) -> np.ndarray:
         """Global example indices of this host's batch (-1 for padding rows)."""
-        start = (position * self.process_count + self.process_index) * self.batch_size
-        slots = np.arange(start, start + self.batch_size, dtype=np.int64)
+        block, row = divmod(position, self._block_batches)
+        if self._index_block[0] != (epoch, block):
+            self._index_block = ((epoch, block), self._block_indices(epoch, block))
+        return self._index_block[1][row].copy()
+
+    def _block_indices(self, epoch: int, block: int) -> np.ndarray:
+        """[K, B] indices of this host's batches K*block ... K*block + K - 1 of `epoch`.
+
+        One permutation call for K batches (about `_INDEX_BLOCK_ROWS` rows): its cycle
+        walking takes a dozen rounds of small numpy calls whatever the size, so a call
+        per batch would cost as much as masking the batch.
+        """
+        k = self._block_batches
+        positions = np.arange(block * k, (block + 1) * k, dtype=np.int64)
+        start = (positions * self.process_count + self.process_index) * self.batch_size
+        slots = start[:, None] + np.arange(self.batch_size, dtype=np.int64)[None, :]
         valid = slots < self.num_examples
-        out = np.full(self.batch_size, -1, np.int64)
+        out = np.full(slots.shape, -1, np.int64)
         if self.shuffle:
             key = derive_key(self.seed, epoch)
             out[valid] = feistel_permute(slots[valid], self.num_examples, key)
