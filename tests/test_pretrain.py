@@ -306,6 +306,55 @@ def test_two_processes_agree_with_one(reference_run, tiny_data, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
 
 
+def launch_two(workdir: Path, flags: list[str]) -> list[subprocess.Popen]:
+    """The CLI as 2 jax.distributed processes on localhost, one CPU device each."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return [subprocess.Popen(
+        [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config",
+         "configs/pretrain.py:tiny", "--workdir", str(workdir), "--no-progress", *flags,
+         f"--config.distributed.coordinator_address={address}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for pid in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_both_at_the_same_step(tiny_data, tmp_path):
+    """Preemption of one host of two: both save the same step (JAX's preemption sync point),
+    exit 75 within a bounded time, and the resumed run equals an uninterrupted one."""
+    flags = overrides(tiny_data, **{"train.total_steps": 200, "train.phase2_start": 0,
+                                    "train.checkpoint_every": 100_000, "train.log_every": 1,
+                                    "train.eval_every": 100_000})
+    workdir = tmp_path / "run"
+    procs = launch_two(workdir, flags)
+    wait_for_training(procs[0], workdir)
+    sent = time.time()
+    procs[1].send_signal(signal.SIGTERM)  # host 1 only
+    outputs = [p.communicate(timeout=90) for p in procs]
+    took = time.time() - sent
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == EXIT_RESUMABLE, err[-3000:]
+    lines = [[x for x in err.splitlines() if x.startswith("stopped")] for _, err in outputs]
+    assert all(len(x) == 1 for x in lines), lines
+    steps = [int(x[0].split("saved step ")[1].split()[0]) for x in lines]
+    assert steps[0] == steps[1] < 200, lines
+    assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == steps[0]
+    assert took < 60, f"the hosts took {took:.0f} s to stop"
+    print(f"both hosts saved step {steps[0]} and exited {took:.1f} s after the SIGTERM")
+
+    for p in launch_two(workdir, flags):  # resume: both hosts go on to step 200
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    reference = tmp_path / "reference"
+    for p in launch_two(reference, flags):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    assert train_records(workdir) == train_records(reference)
+    assert_same_params(final_params(workdir)[0], final_params(reference)[0])
+
+
 def test_init_from_another_run_continues_from_its_weights(reference_run, tiny_data, tmp_path):
     """Continued pre-training: with lr 0 (which also zeroes the decoupled weight decay) the
     run's parameters stay exactly the loaded ones."""
