@@ -59,7 +59,15 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
               dcn_shape: Sequence[int] = (1, 1, 1)) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; one -1 entry of `shape` takes the rest.
+    """A (data, fsdp, tensor) mesh over all devices; one -1 entry of `shape` takes the rest
+    (the layout: `device_array`)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(device_array(shape, devices, dcn_shape), MESH_AXES)
+
+
+def device_array(shape: Sequence[int], devices: Sequence[Any],
+                 dcn_shape: Sequence[int] = (1, 1, 1)) -> np.ndarray:
+    """The devices laid out as the mesh `shape` ([data, fsdp, tensor]).
 
     The layout follows the hardware: `mesh_utils.create_device_mesh` puts neighbouring
     devices of the TPU torus (or NVLink island) on the inner axes, on every backend and
@@ -68,7 +76,6 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
     across 2 slices, everything else inside a slice
     (`mesh_utils.create_hybrid_device_mesh`); `shape` is still the whole mesh.
     """
-    devices = list(jax.devices() if devices is None else devices)
     shape, dcn_shape = list(shape), list(dcn_shape)
     if len(shape) != len(MESH_AXES) or len(dcn_shape) != len(MESH_AXES):
         raise UserError(f"mesh shape {tuple(shape)} and dcn_shape {tuple(dcn_shape)} need "
@@ -102,7 +109,7 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
         except (ValueError, NotImplementedError) as e:
             raise UserError(f"mesh shape {tuple(shape)} does not fit the device topology: "
                             f"{e}") from None
-    return Mesh(array, MESH_AXES)
+    return array
 
 
 def host_batch_blocks(process_of_device: np.ndarray) -> dict[int, list[int]]:

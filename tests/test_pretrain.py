@@ -203,6 +203,17 @@ def test_signal_saves_the_step_says_how_to_resume_and_resumes(tiny_data, tmp_pat
     assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == step + 2
 
 
+@pytest.mark.slow
+def test_profile_window_writes_a_trace(tiny_data, tmp_path):
+    """--config.train.profile=2,3: a jax.profiler trace in <workdir>/tensorboard, the layout
+    TensorBoard's profile plugin reads (plugins/profile/<run>/<host>.xplane.pb)."""
+    config = tiny_config(tiny_data, **{"train.profile": "2,3", "train.total_steps": 6,
+                                       "train.phase2_start": 0})
+    pretrain.run(config, tmp_path, progress=False)
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 10_000
+
+
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_steps(tiny_data, tmp_path, mode):
     """An absurd lr blows the parameters up after a few finite steps."""
