@@ -101,8 +101,8 @@ def _select_words(order_bits: np.ndarray, cand: np.ndarray, starts: np.ndarray,
                   n: np.ndarray) -> np.ndarray:
     """With whole words: groups in random order, each taken whole if it still fits.
 
-    A group is keyed by the random bits of its first piece and sorted in place (arrays
-    stay [N, L]: a group lives at its first position). The greedy scan is sequential,
+    A group is keyed by the random bits of its first piece and lives at its first
+    position (arrays stay [N, L]). The greedy scan is sequential,
     but all of it except a short tail is a prefix sum: every group up to the first one
     that overshoots `n` fits, so those are taken at once. Past that group a row lacks
     `d = n - total` positions (fewer than that group's size); each further round takes,
@@ -117,39 +117,51 @@ def _select_words(order_bits: np.ndarray, cand: np.ndarray, starts: np.ndarray,
         return np.zeros_like(cand)
     size_at = np.zeros(N * L, np.int64)  # each group's size, at its first position
     size_at[flat_starts] = np.bincount(group[cand.ravel()], minlength=int(group[-1]) + 1)
-    # Sort the groups by key, in place: a value sort of (key, position) packed in 64
-    # bits (the key's top bits above the position's), faster than an argsort. Keys that
-    # agree in all their kept bits (probability ~2**-50 per pair) fall back to position
-    # order, as the stable sort of the full keys would for equal keys. Non-starts get
-    # the top bit and sort last.
+    # Groups in key order: a value sort of (key, position) packed in 64 bits (the key's
+    # top bits above the position's), faster than an argsort. Keys that agree in all
+    # their kept bits (probability ~2**-50 per pair) fall back to position order, as the
+    # stable sort of the full keys would for equal keys. Non-starts get the top bit and
+    # sort last.
     shift = np.uint64(max(1, (L - 1).bit_length()))
     low = (np.uint64(1) << shift) - np.uint64(1)
     top = np.uint64(1 << 63)
     packed = np.where(starts, (order_bits >> np.uint64(1)) & ~low, top)
     packed |= np.arange(L, dtype=np.uint64)[None, :]
-    packed.sort(axis=1)
-    order = (packed & low).astype(np.intp)
-    sizes = np.take_along_axis(size_at.reshape(N, L), order, axis=1)
+    size_at = size_at.reshape(N, L)
+    # Every group holds a position, so the prefix and the group that overshoots it are
+    # among the first max(n) + 1: only those are sorted (after a linear-time partition).
+    k = min(L, int(n.max(initial=0)) + 1)
+    head = np.sort(np.partition(packed, k - 1, axis=1)[:, :k] if k < L else packed, axis=1)
+    order = (head & low).astype(np.intp)
+    sizes = size_at[np.arange(N)[:, None], order]
 
     # The prefix: groups whose running total stays within n.
     taken_sorted = (np.cumsum(sizes, axis=1) <= n[:, None]) & (sizes > 0)
     overshoot = np.argmin(taken_sorted | (sizes == 0), axis=1)  # first group not taken
     total = np.where(taken_sorted, sizes, 0).sum(axis=1)
-    # The tail: rows still short scan on from the first group that did not fit.
-    active = np.nonzero((total < n) & (sizes[np.arange(N), overshoot] > 0))[0]
-    after, deficit = overshoot[active], (n - total)[active]
-    columns = np.arange(L)[None, :]
-    while len(active):
-        s = sizes[active]
-        fits = (s > 0) & (s <= deficit[:, None]) & (columns > after[:, None])
-        found = fits.any(axis=1)
-        active, after, deficit = active[found], np.argmax(fits, axis=1)[found], deficit[found]
-        taken_sorted[active, after] = True
-        deficit = deficit - sizes[active, after]
-        short = deficit > 0
-        active, after, deficit = active[short], after[short], deficit[short]
+    rows, cols = np.nonzero(taken_sorted)
+    chosen_rows, chosen_starts = [rows], [order[rows, cols]]
+    # The tail: rows still short scan on (in their full order) from the first group that
+    # did not fit.
+    short_rows = np.nonzero((total < n) & (sizes[np.arange(N), overshoot] > 0))[0]
+    if len(short_rows):
+        full = (np.sort(packed[short_rows], axis=1) & low).astype(np.intp)
+        full_sizes = size_at[short_rows[:, None], full]
+        active = np.arange(len(short_rows))
+        after, deficit = overshoot[short_rows], (n - total)[short_rows]
+        columns = np.arange(L)[None, :]
+        while len(active):
+            s = full_sizes[active]
+            fits = (s > 0) & (s <= deficit[:, None]) & (columns > after[:, None])
+            found = fits.any(axis=1)
+            active, after = active[found], np.argmax(fits, axis=1)[found]
+            chosen_rows.append(short_rows[active])
+            chosen_starts.append(full[active, after])
+            deficit = deficit[found] - full_sizes[active, after]
+            short = deficit > 0
+            active, after, deficit = active[short], after[short], deficit[short]
     taken = np.zeros((N, L), bool)
-    np.put_along_axis(taken, order, taken_sorted, axis=1)
+    taken[np.concatenate(chosen_rows), np.concatenate(chosen_starts)] = True
     # A position is chosen when its group's first position is.
     return (cand.ravel() & taken.ravel()[flat_starts][group]).reshape(N, L)
 
