@@ -1,10 +1,11 @@
 """A profiler window: `--config.train.profile=START,STEPS` traces steps START+1 .. START+STEPS.
 
 The trace (jax.profiler: host and device activity, the XLA ops of every step) is written
-under `<workdir>/tensorboard/plugins/profile/<time>/`, beside the run's scalars; open it
-with `tensorboard --logdir <workdir>/tensorboard` and the Profile tab (pip install
-tensorboard tensorboard-plugin-profile), or at https://xprof.dev-style viewers that read
-`.xplane.pb`. Only process 0 traces (each host's trace would be its own file).
+under `<workdir>/tensorboard/plugins/profile/<time>/<host>.xplane.pb`, beside the run's
+scalars, the layout TensorBoard's profile plugin reads: `pip install
+tensorboard-plugin-profile`, then `xprof --logdir <workdir>/tensorboard --port 6006` (or
+`tensorboard --logdir <workdir>/tensorboard`, Profile tab) and open localhost:6006: trace
+viewer, op profile, overview, memory. Only process 0 traces.
 """
 
 from __future__ import annotations
