@@ -43,6 +43,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         masking="",  # "" = as the data was made; "dynamic" re-draws masks in the loader
         masked_lm_prob=0.15,
         whole_word_masking=False,
+        workers=0,  # loader processes making batches (0: the prefetch thread makes them)
         # demo only: how the demo data is made
         demo_vocab_size=1024,  # the demo corpus yields ~1,020 WordPieces
         demo_dupe_factor=5,

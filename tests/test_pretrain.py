@@ -128,6 +128,13 @@ def test_resumed_run_equals_uninterrupted(reference_run, tiny_data, tmp_path, re
     assert_same_params(final_params(workdir)[0], final_params(reference_run)[0])
 
 
+@pytest.mark.slow
+def test_loader_worker_processes_do_not_change_the_run(reference_run, tiny_data, tmp_path):
+    pretrain.run(tiny_config(tiny_data, **{"data.workers": 2}), tmp_path, progress=False)
+    assert train_records(tmp_path) == train_records(reference_run)
+    assert_same_params(final_params(tmp_path)[0], final_params(reference_run)[0])
+
+
 def test_sigkill_then_resume_equals_uninterrupted(reference_run, tiny_data, tmp_path):
     """The CLI killed with SIGKILL once a checkpoint exists, then re-run on its workdir."""
     workdir = tmp_path / "run"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,26 @@ class PretrainingLoader:
 
     def __iter__(self) -> PretrainingLoader:
         return self
+
+    def plan(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(epoch, position, state after it) of each batch `next` would make from here,
+        without making them or moving this loader: for worker processes, which make
+        `batch(epoch, position)` each (see prefetch.py)."""
+        epoch, position = self._epoch, self._position
+        while True:
+            if position >= self._batches_per_epoch:
+                epoch, position = epoch + 1, 0
+                if not self.repeat:
+                    return
+            yield epoch, position, {**self.get_state(), "epoch": epoch, "position": position + 1}
+            position += 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a worker process: without the memory maps (it maps its own)."""
+        state = dict(self.__dict__)
+        state["_open"] = collections.OrderedDict()
+        state["_index_block"] = (None, None)
+        return state
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._position >= self._batches_per_epoch:

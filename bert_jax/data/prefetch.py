@@ -12,11 +12,20 @@ batch handed out, not of what the thread has read ahead, so a checkpoint resumes
 at the next batch the step would have consumed. numpy releases the GIL in its array
 loops, so the thread mostly runs beside the loop rather than taking turns with it.
 
+With `workers=N` the batches are made by N worker processes (one core each) instead of
+the thread, for when masking needs more than a core (whole-word dynamic masking at 512
+tokens for 8 accelerators): a loader batch is a pure function of (epoch, position), so the
+workers make `loader.batch(e, p)` for the positions of `loader.plan()`, at most 2N ahead,
+and the thread puts them on the devices in order. Workers are spawned, not forked (a fork of
+a process running JAX's threads is unsafe); each maps the shards itself.
+
 `wait_s` adds up the seconds `next` waited for a batch: the loop's data wait.
 """
 
 from __future__ import annotations
 
+import collections
+import multiprocessing
 import queue
 import threading
 import time
@@ -24,6 +33,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 _END = object()
+
+# In a worker process: the loader it makes batches with (set once, by the pool's initializer).
+_worker_loader: Any = None
+
+
+def _init_worker(loader: Any) -> None:
+    global _worker_loader
+    _worker_loader = loader
+
+
+def _worker_batch(epoch: int, position: int) -> dict:
+    return _worker_loader.batch(epoch, position)
 
 
 class _Failure:
@@ -35,10 +56,11 @@ class Prefetcher:
     """Iterates `put(batch)` for the loader's batches, `depth` of them made ahead."""
 
     def __init__(self, loader: Iterator[dict], put: Callable[[dict], Any] = lambda b: b,
-                 depth: int = 2, get_state: Callable[[], Any] | None = None) -> None:
-        if depth < 1:
-            raise ValueError(f"prefetch depth {depth} must be at least 1")
-        self._loader, self._put = loader, put
+                 depth: int = 2, get_state: Callable[[], Any] | None = None,
+                 workers: int = 0) -> None:
+        if depth < 1 or workers < 0:
+            raise ValueError(f"prefetch depth {depth} must be >= 1 and workers {workers} >= 0")
+        self._loader, self._put, self._workers = loader, put, workers
         self._get_state = get_state or getattr(loader, "get_state", lambda: None)
         self.state = self._get_state()
         self.wait_s = 0.0
@@ -58,14 +80,40 @@ class Prefetcher:
                 continue
         return False
 
-    def _work(self) -> None:
-        try:
+    def _source(self) -> Iterator[tuple[dict, Any]]:
+        """(batch, loader state after it): read here, or made by the worker processes."""
+        if not self._workers:
             for batch in self._loader:
-                if not self._offer((self._put(batch), self._get_state())):
+                yield batch, self._get_state()
+            return
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(self._workers, initializer=_init_worker,
+                          initargs=(self._loader,)) as pool:
+            plan = iter(self._loader.plan())
+            pending: collections.deque = collections.deque()
+            while True:
+                while len(pending) < 2 * self._workers:
+                    item = next(plan, None)
+                    if item is None:
+                        break
+                    epoch, position, state = item
+                    pending.append((pool.apply_async(_worker_batch, (epoch, position)), state))
+                if not pending:
+                    return
+                result, state = pending.popleft()
+                yield result.get(), state
+
+    def _work(self) -> None:
+        source = self._source()
+        try:
+            for batch, state in source:
+                if not self._offer((self._put(batch), state)):
                     return
             self._offer(_END)
         except BaseException as e:  # handed to the consumer, raised there
             self._offer(_Failure(e))
+        finally:
+            source.close()  # stops the workers
 
     def __iter__(self) -> Prefetcher:
         return self

@@ -255,7 +255,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
                 mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]), config.nsp)
             # The batches come from a background thread, `prefetch` ahead, already on
             # the devices; `batches.state` is the loader state of the batches consumed.
-            with Prefetcher(loader, put, depth=int(t.prefetch)) as batches:
+            with Prefetcher(loader, put, depth=int(t.prefetch),
+                            workers=int(config.data.workers)) as batches:
                 pending: list[tuple[int, dict]] = []
                 inflight: collections.deque = collections.deque()
                 window_start, window_steps = time.perf_counter(), 0
