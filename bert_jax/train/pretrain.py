@@ -238,6 +238,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
                disable=not progress or jax.process_index() != 0)
     put = functools.partial(sharding.global_batch, mesh=mesh)
+    batches: Prefetcher | None = None
     try:
         for phase in phases:
             if step >= phase.end:
@@ -249,75 +250,74 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
             seq_len = int(loader.metadata["max_seq_length"])
             if seq_len > mcfg.max_position_embeddings:
                 raise UserError(f"phase {phase.index + 1} data has sequences of {seq_len} "
-                                f"tokens; the model has {mcfg.max_position_embeddings} "
-                                "positions")
+                                f"tokens; the model has {mcfg.max_position_embeddings} positions")
             step_flops = phase.batch_size * flops.train_flops(
                 mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]), config.nsp)
             # The batches come from a background thread, `prefetch` ahead, already on
             # the devices; `batches.state` is the loader state of the batches consumed.
-            with Prefetcher(loader, put, depth=int(t.prefetch),
-                            workers=int(config.data.workers)) as batches:
-                pending: list[tuple[int, dict]] = []
-                inflight: collections.deque = collections.deque()
-                window_start, window_steps = time.perf_counter(), 0
-                window_wait = batches.wait_s
-                while step < phase.end:
-                    profile.at(step, state)
-                    state, metrics = train_step(state, next(batches))
-                    step += 1
-                    window_steps += 1
-                    pending.append((step, metrics))
-                    inflight.append(metrics["loss"])
-                    if len(inflight) > RUN_AHEAD:
-                        inflight.popleft().block_until_ready()
-                    bar.update(1)
-                    if step % int(t.log_every) == 0 or step == phase.end:
-                        records = jax.device_get(pending)
-                        pending = []
-                        elapsed = time.perf_counter() - window_start
-                        bad = [s for s, m in records if not m["finite"]]
-                        if bad and t.on_nonfinite == "stop":
-                            raise DivergedError(
-                                f"non-finite loss or gradients at step {bad[0]}; the "
-                                "update was not applied and the last good checkpoint "
-                                f"(step {ckpt.latest_step()}) is kept. Lower the lr, or "
-                                "pass --config.train.on_nonfinite=skip to skip such steps")
-                        good = [m for _, m in records if m["finite"]] or [records[-1][1]]
-                        last = {k: float(np.mean([m[k] for m in good])) for k in good[0]}
-                        last["skipped_steps"] = float(len(bad))
-                        seqs = window_steps * phase.batch_size / elapsed
-                        last |= {"seq_per_s": seqs, "tokens_per_s": seqs * seq_len,
-                                 "seq_len": float(seq_len)}
-                        last |= step_times(elapsed, batches.wait_s - window_wait,
-                                           window_steps)
-                        if peak:
-                            last["mfu"] = step_flops * window_steps / elapsed / (
-                                peak * jax.device_count())
-                        writer.write(step, "train", last)
-                        bar.set_postfix(loss=f"{last['loss']:.3f}",
-                                        mlm_acc=f"{last['masked_lm_accuracy']:.3f}",
-                                        seq_s=f"{seqs:.1f}")
-                        window_start, window_steps = time.perf_counter(), 0
-                        window_wait = batches.wait_s
-                    if phase.eval and (step % int(t.eval_every) == 0 or step == total):
-                        evaluated = evaluate(config, eval_step, state.params, phase, mesh)
-                        writer.write(step, "eval", evaluated)
-                        last |= {f"eval_{k}": v for k, v in evaluated.items()}
-                        bar.write(f"step {step} eval: " + ", ".join(
-                            f"{k} {v:.4f}" for k, v in sorted(evaluated.items())))
-                        window_start, window_steps = time.perf_counter(), 0
-                        window_wait = batches.wait_s
-                    # Every host asks at every step: they agree on where to stop.
-                    stopping = stop.should_stop(step) and step < total
-                    if (step % int(t.checkpoint_every) == 0 or step == total
-                            or stopping):
-                        ckpt.save(step, state, {"phase": phase.index,
-                                                "loader": batches.state})
-                    if stopping:
-                        ckpt.wait()
-                        raise Stopped(step, stop.reason or "stop requested",
-                                      str(ckpt.directory))
+            if batches is not None:
+                batches.close()
+            batches = Prefetcher(loader, put, depth=int(t.prefetch),
+                                 workers=int(config.data.workers))
+            pending: list[tuple[int, dict]] = []
+            inflight: collections.deque = collections.deque()
+            window_start, window_steps = time.perf_counter(), 0
+            window_wait = batches.wait_s
+            while step < phase.end:
+                profile.at(step, state)
+                state, metrics = train_step(state, next(batches))
+                step += 1
+                window_steps += 1
+                pending.append((step, metrics))
+                inflight.append(metrics["loss"])
+                if len(inflight) > RUN_AHEAD:
+                    inflight.popleft().block_until_ready()
+                bar.update(1)
+                if step % int(t.log_every) == 0 or step == phase.end:
+                    records = jax.device_get(pending)
+                    pending = []
+                    elapsed = time.perf_counter() - window_start
+                    bad = [s for s, m in records if not m["finite"]]
+                    if bad and t.on_nonfinite == "stop":
+                        raise DivergedError(
+                            f"non-finite loss or gradients at step {bad[0]}; the update was "
+                            f"not applied and the last good checkpoint (step "
+                            f"{ckpt.latest_step()}) is kept. Lower the lr, or pass "
+                            "--config.train.on_nonfinite=skip to skip such steps")
+                    good = [m for _, m in records if m["finite"]] or [records[-1][1]]
+                    last = {k: float(np.mean([m[k] for m in good])) for k in good[0]}
+                    last["skipped_steps"] = float(len(bad))
+                    seqs = window_steps * phase.batch_size / elapsed
+                    last |= {"seq_per_s": seqs, "tokens_per_s": seqs * seq_len,
+                             "seq_len": float(seq_len)}
+                    last |= step_times(elapsed, batches.wait_s - window_wait, window_steps)
+                    if peak:
+                        last["mfu"] = step_flops * window_steps / elapsed / (
+                            peak * jax.device_count())
+                    writer.write(step, "train", last)
+                    bar.set_postfix(loss=f"{last['loss']:.3f}",
+                                    mlm_acc=f"{last['masked_lm_accuracy']:.3f}",
+                                    seq_s=f"{seqs:.1f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                    window_wait = batches.wait_s
+                if phase.eval and (step % int(t.eval_every) == 0 or step == total):
+                    evaluated = evaluate(config, eval_step, state.params, phase, mesh)
+                    writer.write(step, "eval", evaluated)
+                    last |= {f"eval_{k}": v for k, v in evaluated.items()}
+                    bar.write(f"step {step} eval: " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in sorted(evaluated.items())))
+                    window_start, window_steps = time.perf_counter(), 0
+                    window_wait = batches.wait_s
+                # Every host asks at every step: they agree on where to stop.
+                stopping = stop.should_stop(step) and step < total
+                if step % int(t.checkpoint_every) == 0 or step == total or stopping:
+                    ckpt.save(step, state, {"phase": phase.index, "loader": batches.state})
+                if stopping:
+                    ckpt.wait()
+                    raise Stopped(step, stop.reason or "stop requested", str(ckpt.directory))
     finally:
+        if batches is not None:
+            batches.close()
         profile.stop()
         bar.close()
         writer.close()
