@@ -213,10 +213,15 @@ def test_signal_saves_the_step_says_how_to_resume_and_resumes(tiny_data, tmp_pat
 @pytest.mark.slow
 def test_profile_window_writes_a_trace(tiny_data, tmp_path):
     """--config.train.profile=2,3: a jax.profiler trace in <workdir>/tensorboard, the layout
-    TensorBoard's profile plugin reads (plugins/profile/<run>/<host>.xplane.pb)."""
-    config = tiny_config(tiny_data, **{"train.profile": "2,3", "train.total_steps": 6,
-                                       "train.phase2_start": 0})
-    pretrain.run(config, tmp_path, progress=False)
+    TensorBoard's profile plugin reads (plugins/profile/<run>/<host>.xplane.pb). Run as the
+    CLI, in its own process, as a user would (the profiler is process-wide)."""
+    cmd = [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config",
+           "configs/pretrain.py:tiny", "--workdir", str(tmp_path), "--no-progress",
+           *overrides(tiny_data, **{"train.profile": "2,3", "train.total_steps": 6,
+                                    "train.phase2_start": 0})]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 10_000
 
