@@ -378,6 +378,22 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step(tiny_data, tmp_path):
     assert_same_params(final_params(workdir)[0], final_params(reference)[0])
 
 
+@pytest.mark.slow
+def test_tensor_axis_across_two_hosts_is_a_one_line_error(tiny_data, tmp_path):
+    """Mesh (1, 1, 2) over 2 processes of 1 device: each batch row would get two hosts'
+    different examples. Both hosts refuse at start-up, with one line, exit 2."""
+    procs = launch_two(tmp_path / "run", overrides(tiny_data, **{"mesh.shape": "(1,1,2)"}))
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2, err[-3000:]
+        assert "Traceback" not in err
+        assert [x for x in err.splitlines() if x.startswith("error:")] == [
+            "error: mesh (data, fsdp, tensor) = (1, 1, 2): batch block 0 is on devices of "
+            "hosts [0, 1], because the tensor axis (2) spans hosts; each host's loader reads "
+            "different examples, so they would be mixed into rows that must be the same. "
+            "Keep the tensor axis inside a host and spread hosts over data or fsdp"]
+
+
 def test_init_from_another_run_continues_from_its_weights(reference_run, tiny_data, tmp_path):
     """Continued pre-training: with lr 0 (which also zeroes the decoupled weight decay) the
     run's parameters stay exactly the loaded ones."""
