@@ -73,6 +73,6 @@ class StopRequest:
         from jax.experimental import multihost_utils
 
         if multihost_utils.reached_preemption_sync_point(step):
-            self.reason = self.reason or "SIGTERM (on this or another host)"
+            self.reason = self.reason or "SIGTERM or Ctrl-C on one of the hosts"
             return True
         return False
