@@ -63,14 +63,13 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bert_jax import checkpoint, configlib, weights
     from bert_jax.errors import UserError
+    from bert_jax.paths import as_path
     from bert_jax.tokenizer import Tokenizer
 
     config = configlib.load_saved(args.workdir)
-    params, step = checkpoint.restore_params(Path(args.workdir) / "checkpoints", args.step)
+    params, step = checkpoint.restore_params(as_path(args.workdir) / "checkpoints", args.step)
     if not config.data.vocab:
         raise UserError(f"{args.workdir}/config.json names no data.vocab to export beside "
                         "the weights; set --config.data.vocab when pre-training")
