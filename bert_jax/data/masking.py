@@ -112,10 +112,11 @@ def _select_words(order_bits: np.ndarray, cand: np.ndarray, starts: np.ndarray,
     """
     N, L = cand.shape
     flat_starts = starts.ravel()
-    group = np.cumsum(flat_starts) - 1  # global group id of each position (valid on cand)
+    # global group id of each position (valid on cand)
+    group = np.cumsum(flat_starts, dtype=np.int32) - 1
     if group[-1] < 0:
         return np.zeros_like(cand)
-    size_at = np.zeros(N * L, np.int64)  # each group's size, at its first position
+    size_at = np.zeros(N * L, np.int32)  # each group's size, at its first position
     size_at[flat_starts] = np.bincount(group[cand.ravel()], minlength=int(group[-1]) + 1)
     # Groups in key order: a value sort of (key, position) packed in 64 bits (the key's
     # top bits above the position's), faster than an argsort. Keys that agree in all
