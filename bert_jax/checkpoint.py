@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bert_jax.errors import UserError
+from bert_jax.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class Checkpointer:
     """Saves and restores (TrainState, extra JSON) under `directory/<step>/`."""
 
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True) -> None:
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)  # gs://... stays a URL
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -65,7 +66,7 @@ def restore_params(directory: str | Path, step: int | None = None) -> tuple[Any,
 
     No model or optimizer needs to be built: orbax restores the saved tree as is.
     """
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     if not directory.exists():
         raise UserError(f"checkpoint directory not found: {directory}")
     manager = ocp.CheckpointManager(directory)

@@ -22,6 +22,7 @@ import ml_collections
 
 from bert_jax.config import BertConfig, preset
 from bert_jax.errors import UserError
+from bert_jax.paths import as_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,14 +101,14 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
 
 def save(cfg: ml_collections.ConfigDict, workdir: str | Path, name: str = "config.json") -> Path:
     """Writes the resolved config into the run's workdir (what `load_saved` reads back)."""
-    path = Path(workdir) / name
+    path = as_path(workdir) / name  # a local directory or a URL (gs://...)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_json(cfg) + "\n")
     return path
 
 
 def load_saved(workdir: str | Path, name: str = "config.json") -> ml_collections.ConfigDict:
-    path = Path(workdir) / name
+    path = as_path(workdir) / name
     if not path.exists():
         raise UserError(f"{workdir} holds no {name}: is it a bert-jax workdir?")
     return ml_collections.ConfigDict(json.loads(path.read_text()))

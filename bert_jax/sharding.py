@@ -57,12 +57,29 @@ def initialize_distributed(coordinator_address: str | None = None,
         jax.distributed.initialize()
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one -1 entry takes the remaining devices."""
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
+              dcn_shape: Sequence[int] = (1, 1, 1)) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one -1 entry of `shape` takes the rest
+    (the layout: `device_array`)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = list(shape)
-    if len(shape) != len(MESH_AXES):
-        raise UserError(f"mesh shape {tuple(shape)} needs {len(MESH_AXES)} entries {MESH_AXES}")
+    return Mesh(device_array(shape, devices, dcn_shape), MESH_AXES)
+
+
+def device_array(shape: Sequence[int], devices: Sequence[Any],
+                 dcn_shape: Sequence[int] = (1, 1, 1)) -> np.ndarray:
+    """The devices laid out as the mesh `shape` ([data, fsdp, tensor]).
+
+    The layout follows the hardware: `mesh_utils.create_device_mesh` puts neighbouring
+    devices of the TPU torus (or NVLink island) on the inner axes, on every backend and
+    host count. For multi-slice TPU (or GPU hosts joined by a slower network),
+    `dcn_shape` says how many slices span each axis, e.g. (2, 1, 1): data parallelism
+    across 2 slices, everything else inside a slice
+    (`mesh_utils.create_hybrid_device_mesh`); `shape` is still the whole mesh.
+    """
+    shape, dcn_shape = list(shape), list(dcn_shape)
+    if len(shape) != len(MESH_AXES) or len(dcn_shape) != len(MESH_AXES):
+        raise UserError(f"mesh shape {tuple(shape)} and dcn_shape {tuple(dcn_shape)} need "
+                        f"{len(MESH_AXES)} entries {MESH_AXES}")
     if shape.count(-1) > 1:
         raise UserError(f"mesh shape {tuple(shape)} has more than one -1")
     if -1 in shape:
@@ -73,12 +90,63 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     if math.prod(shape) != len(devices):
         raise UserError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, "
                         f"but there are {len(devices)}")
-    if len(devices) > 1 and jax.process_count() == 1:
-        array = mesh_utils.create_device_mesh(shape, devices)
+    if any(d < 1 or s % d for s, d in zip(shape, dcn_shape)):
+        raise UserError(f"mesh dcn_shape {tuple(dcn_shape)} must divide the mesh shape "
+                        f"{tuple(shape)} axis by axis")
+    if math.prod(dcn_shape) > 1:
+        ici_shape = [s // d for s, d in zip(shape, dcn_shape)]
+        try:
+            array = mesh_utils.create_hybrid_device_mesh(
+                ici_shape, dcn_shape, devices,
+                process_is_granule=not hasattr(devices[0], "slice_index"))
+        except ValueError as e:
+            raise UserError(f"mesh shape {tuple(shape)} with dcn_shape {tuple(dcn_shape)}: "
+                            f"{e}") from None
     else:
-        # Multi-host: keep each host's devices together along the data axis.
-        array = np.asarray(devices).reshape(shape)
-    return Mesh(array, MESH_AXES)
+        try:
+            array = mesh_utils.create_device_mesh(shape, devices,
+                                                  allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError) as e:
+            raise UserError(f"mesh shape {tuple(shape)} does not fit the device topology: "
+                            f"{e}") from None
+    return array
+
+
+def host_batch_blocks(process_of_device: np.ndarray) -> dict[int, list[int]]:
+    """The batch blocks each host's devices hold, from the process index of each mesh
+    position ([data, fsdp, tensor]); raises UserError where a loader could not feed them.
+
+    The batch splits into data x fsdp blocks, block d * fsdp + f on the devices at mesh
+    (d, f, :). Each host's loader reads its own examples (1 / hosts of the batch), and
+    `jax.make_array_from_process_local_data` lays them on the host's blocks in order. That
+    is right only when every block's devices are on one host (a tensor axis that spans
+    hosts would give two hosts' different examples to rows that must be the same) and
+    every host holds the same number of blocks.
+    """
+    data, fsdp, tensor = process_of_device.shape
+    owners: dict[int, list[int]] = {}
+    for d in range(data):
+        for f in range(fsdp):
+            hosts = sorted(set(process_of_device[d, f].tolist()))
+            if len(hosts) > 1:
+                raise UserError(
+                    f"mesh (data, fsdp, tensor) = {process_of_device.shape}: batch block "
+                    f"{d * fsdp + f} is on devices of hosts {hosts}, because the tensor axis "
+                    f"({tensor}) spans hosts; each host's loader reads different examples, "
+                    "so they would be mixed into rows that must be the same. Keep the "
+                    "tensor axis inside a host and spread hosts over data or fsdp")
+            owners.setdefault(hosts[0], []).append(d * fsdp + f)
+    counts = {h: len(b) for h, b in sorted(owners.items())}
+    if len(set(counts.values())) > 1:
+        raise UserError(f"mesh (data, fsdp, tensor) = {process_of_device.shape} gives hosts "
+                        f"unequal shares of the batch (blocks per host {counts}); every "
+                        "host's loader reads the same number of examples")
+    return owners
+
+
+def check_host_batches(mesh: Mesh) -> None:
+    """Start-up check that each host's loader slice is what the mesh gives its devices."""
+    host_batch_blocks(np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices))
 
 
 def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, name: str) -> PartitionSpec:

@@ -43,6 +43,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         masking="",  # "" = as the data was made; "dynamic" re-draws masks in the loader
         masked_lm_prob=0.15,
         whole_word_masking=False,
+        workers=0,  # loader processes making batches (0: the prefetch thread makes them)
         # demo only: how the demo data is made
         demo_vocab_size=1024,  # the demo corpus yields ~1,020 WordPieces
         demo_dupe_factor=5,
@@ -64,12 +65,25 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         on_nonfinite="stop",  # or "skip": drop the step and go on
         peak_tflops=0.0,  # per-device peak for MFU; 0 = look the device up
         tensorboard=True,
+        prefetch=2,  # batches a background thread puts on the devices ahead of the step
+        profile="",  # "START,STEPS": a jax.profiler trace of steps START+1..START+STEPS
     ))
 
     c.optimizer = optim.default_config()
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
+    c.mesh = ml_collections.ConfigDict(dict(
+        shape=(-1, 1, 1),  # (data, fsdp, tensor), over all devices
+        # multi-slice TPU: how many slices (joined by the data-center network) along each
+        # axis, e.g. (2, 1, 1) = data parallel across 2 slices; shape / dcn_shape per slice
+        dcn_shape=(1, 1, 1),
+    ))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address="", num_processes=0, process_id=-1))
+    c.runtime = ml_collections.ConfigDict(dict(  # applied before JAX starts; runtime.py
+        compilation_cache=True,  # persistent: a restarted run compiles nothing
+        cache_dir="",  # "" = $BERT_JAX_CACHE, else ~/.cache/bert-jax/xla
+        xla_flags="",  # appended to XLA_FLAGS, e.g. "--xla_dump_to=/tmp/hlo"
+        libtpu_flags="",  # appended to LIBTPU_INIT_ARGS
+    ))
 
     if arg == "base":
         pass

@@ -9,11 +9,16 @@ CI=true, where a missing file is a failure.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Runs in tests (and the CLI processes they start) share a compilation cache of their own,
+# one per checkout, never the user's ~/.cache/bert-jax.
+os.environ.setdefault("BERT_JAX_CACHE",
+                      str(Path(tempfile.gettempdir()) / "bert-jax-tests" / REPO.name / "xla"))
 SHARED_DATA = Path(os.environ.get("BERT_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -174,3 +174,22 @@ def test_bad_loader_arguments(demo):
         loader.set_state({**loader.get_state(), "batch_size": 16})
     with pytest.raises(UserError, match="not a pre-training dataset"):
         PretrainingLoader(root, 8)
+
+
+@pytest.mark.slow
+def test_worker_processes_make_the_same_batches_and_states(demo):
+    """Prefetcher(workers=2): batches made in spawned processes from `loader.plan()` equal
+    the loader's own, in order, across an epoch boundary, starting mid-epoch."""
+    from bert_jax.data.prefetch import Prefetcher
+
+    root, _ = demo
+    loader = PretrainingLoader(root / "dynamic", 32, seed=3, masking="dynamic")
+    loader.set_state({"epoch": 0, "position": len(loader) - 2})
+    reference = PretrainingLoader(root / "dynamic", 32, seed=3, masking="dynamic")
+    reference.set_state(loader.get_state())
+    with Prefetcher(loader, workers=2) as batches:
+        for _ in range(5):
+            assert _same(next(batches), next(reference))
+            assert batches.state == reference.get_state()
+    assert reference.get_state()["epoch"] == 1  # the 5 batches crossed into epoch 1
+    assert loader.get_state()["position"] == len(loader) - 2  # plan() did not move it

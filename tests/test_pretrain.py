@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, require
 
 from bert_jax import checkpoint, configlib, data
-from bert_jax.errors import UserError
+from bert_jax.errors import EXIT_RESUMABLE, UserError
 from bert_jax.tokenizer import Tokenizer
 from bert_jax.train import pretrain
 from bert_jax.train.writer import read_metrics
@@ -76,7 +76,7 @@ def assert_same_params(a, b) -> None:
 
 def train_records(workdir: Path) -> dict[int, dict]:
     """step -> train metrics, without the timing fields (those differ between runs)."""
-    timing = {"time", "seq_per_s", "tokens_per_s", "mfu"}
+    timing = {"time", "seq_per_s", "tokens_per_s", "mfu", "step_s", "data_wait_s", "device_s"}
     return {r["step"]: {k: v for k, v in r.items() if k not in timing}
             for r in read_metrics(workdir) if r["split"] == "train"}
 
@@ -100,6 +100,11 @@ def test_two_phase_run_logs_checkpoints_and_config(reference_run, tiny_data):
                     "next_sentence_accuracy", "grad_norm", "lr", "seq_per_s", "tokens_per_s"):
             assert np.isfinite(r[key]), key
         assert r["tokens_per_s"] == pytest.approx(r["seq_per_s"] * r["seq_len"])
+        # The step time, split into the wait for the next batch and the device's share.
+        assert r["data_wait_s"] >= 0 and r["device_s"] >= 0
+        assert r["step_s"] == pytest.approx(r["data_wait_s"] + r["device_s"])
+        batch = 8 if r["seq_len"] == 32 else 4  # the preset's batch sizes per phase
+        assert r["step_s"] * r["seq_per_s"] == pytest.approx(batch)
     assert [r["step"] for r in records if r["split"] == "eval"] == [4, 8]
     saved = json.loads((reference_run / "config.json").read_text())
     assert saved["data"]["train"] == tiny_data["train"] and saved["train"]["total_steps"] == 8
@@ -121,6 +126,13 @@ def test_resumed_run_equals_uninterrupted(reference_run, tiny_data, tmp_path, re
     pretrain.run(tiny_config(tiny_data), workdir, progress=False)
     assert train_records(workdir) == train_records(reference_run)
     assert_same_params(final_params(workdir)[0], final_params(reference_run)[0])
+
+
+@pytest.mark.slow
+def test_loader_worker_processes_do_not_change_the_run(reference_run, tiny_data, tmp_path):
+    pretrain.run(tiny_config(tiny_data, **{"data.workers": 2}), tmp_path, progress=False)
+    assert train_records(tmp_path) == train_records(reference_run)
+    assert_same_params(final_params(tmp_path)[0], final_params(reference_run)[0])
 
 
 def test_sigkill_then_resume_equals_uninterrupted(reference_run, tiny_data, tmp_path):
@@ -145,22 +157,73 @@ def test_sigkill_then_resume_equals_uninterrupted(reference_run, tiny_data, tmp_
     assert_same_params(final_params(workdir)[0], final_params(reference_run)[0])
 
 
-def test_sigterm_saves_and_stops(tiny_data, tmp_path):
-    workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config",
-           "configs/pretrain.py:tiny", "--workdir", str(workdir), "--no-progress",
-           *overrides(tiny_data, **{"train.total_steps": 10_000, "train.phase2_start": 0,
-                                    "train.checkpoint_every": 100_000})]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (workdir / "metrics.jsonl").exists():  # training has started
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+def wait_for_training(proc: subprocess.Popen, workdir: Path, timeout: float = 120) -> None:
+    """Until the run has logged a train record (its steps are running)."""
+    deadline = time.time() + timeout
+    while not any(r["split"] == "train" for r in read_metrics(workdir)):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "no train record within the timeout"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_the_step_says_how_to_resume_and_resumes(tiny_data, tmp_path, signum):
+    """Ctrl-C and SIGTERM: one line naming the saved step and the command that resumes,
+    exit status 75 (not 0: the run did not finish); the re-run continues from that step."""
+    workdir = tmp_path / "run"
+    flags = overrides(tiny_data, **{"train.total_steps": 10_000, "train.phase2_start": 0,
+                                    "train.checkpoint_every": 100_000, "train.log_every": 1,
+                                    "train.eval_every": 100_000})
+    cmd = [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config",
+           "configs/pretrain.py:tiny", "--workdir", str(workdir), "--no-progress", *flags]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_training(proc, workdir)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_RESUMABLE == 75, err[-3000:]
+    assert "done:" not in out and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1, err[-3000:]
     step = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
-    assert step is not None and 0 < step < 10_000  # saved where it stopped
+    assert step is not None and 0 < step < 10_000
+    name = signal.Signals(signum).name
+    resume = ("bert-jax pretrain --config configs/pretrain.py:tiny --workdir "
+              f"{workdir} {' '.join(flags)}")
+    assert lines[0] == (f"stopped ({name}): saved step {step} in {workdir / 'checkpoints'}; "
+                        f"resume with: {resume}")
+    def logged() -> list[int]:  # every train record, repeats included
+        return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()
+                if json.loads(line)["split"] == "train"]
+
+    before = logged()
+    assert before == list(range(1, step + 1))  # log_every=1: nothing ran past the saved step
+
+    # The re-run (2 more steps) starts after the saved step: nothing is trained twice.
+    cmd[cmd.index("--config.train.total_steps=10000")] = f"--config.train.total_steps={step + 2}"
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "done:" in done.stdout
+    assert logged() == before + [step + 1, step + 2]
+    assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == step + 2
+
+
+@pytest.mark.slow
+def test_profile_window_writes_a_trace(tiny_data, tmp_path):
+    """--config.train.profile=2,3: a jax.profiler trace in <workdir>/tensorboard, the layout
+    TensorBoard's profile plugin reads (plugins/profile/<run>/<host>.xplane.pb). Run as the
+    CLI, in its own process, as a user would (the profiler is process-wide)."""
+    cmd = [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config",
+           "configs/pretrain.py:tiny", "--workdir", str(tmp_path), "--no-progress",
+           *overrides(tiny_data, **{"train.profile": "2,3", "train.total_steps": 6,
+                                    "train.phase2_start": 0})]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
@@ -264,6 +327,71 @@ def test_two_processes_agree_with_one(reference_run, tiny_data, tmp_path):
     for a, b in zip(jax.tree.leaves(final_params(workdir)[0]),
                     jax.tree.leaves(final_params(reference_run)[0]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def launch_two(workdir: Path, flags: list[str]) -> list[subprocess.Popen]:
+    """The CLI as 2 jax.distributed processes on localhost, one CPU device each."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return [subprocess.Popen(
+        [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config",
+         "configs/pretrain.py:tiny", "--workdir", str(workdir), "--no-progress", *flags,
+         f"--config.distributed.coordinator_address={address}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for pid in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_both_at_the_same_step(tiny_data, tmp_path):
+    """Preemption of one host of two: both save the same step (JAX's preemption sync point),
+    exit 75 within a bounded time, and the resumed run equals an uninterrupted one."""
+    flags = overrides(tiny_data, **{"train.total_steps": 200, "train.phase2_start": 0,
+                                    "train.checkpoint_every": 100_000, "train.log_every": 1,
+                                    "train.eval_every": 100_000})
+    workdir = tmp_path / "run"
+    procs = launch_two(workdir, flags)
+    wait_for_training(procs[0], workdir)
+    sent = time.time()
+    procs[1].send_signal(signal.SIGTERM)  # host 1 only
+    outputs = [p.communicate(timeout=90) for p in procs]
+    took = time.time() - sent
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == EXIT_RESUMABLE, err[-3000:]
+    lines = [[x for x in err.splitlines() if x.startswith("stopped")] for _, err in outputs]
+    assert all(len(x) == 1 for x in lines), lines
+    steps = [int(x[0].split("saved step ")[1].split()[0]) for x in lines]
+    assert steps[0] == steps[1] < 200, lines
+    assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == steps[0]
+    assert took < 60, f"the hosts took {took:.0f} s to stop"
+    print(f"both hosts saved step {steps[0]} and exited {took:.1f} s after the SIGTERM")
+
+    for p in launch_two(workdir, flags):  # resume: both hosts go on to step 200
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    reference = tmp_path / "reference"
+    for p in launch_two(reference, flags):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    assert train_records(workdir) == train_records(reference)
+    assert_same_params(final_params(workdir)[0], final_params(reference)[0])
+
+
+@pytest.mark.slow
+def test_tensor_axis_across_two_hosts_is_a_one_line_error(tiny_data, tmp_path):
+    """Mesh (1, 1, 2) over 2 processes of 1 device: each batch row would get two hosts'
+    different examples. Both hosts refuse at start-up, with one line, exit 2."""
+    procs = launch_two(tmp_path / "run", overrides(tiny_data, **{"mesh.shape": "(1,1,2)"}))
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2, err[-3000:]
+        assert "Traceback" not in err
+        assert [x for x in err.splitlines() if x.startswith("error:")] == [
+            "error: mesh (data, fsdp, tensor) = (1, 1, 2): batch block 0 is on devices of "
+            "hosts [0, 1], because the tensor axis (2) spans hosts; each host's loader reads "
+            "different examples, so they would be mixed into rows that must be the same. "
+            "Keep the tensor axis inside a host and spread hosts over data or fsdp"]
 
 
 def test_init_from_another_run_continues_from_its_weights(reference_run, tiny_data, tmp_path):

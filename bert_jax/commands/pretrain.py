@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 
 from bert_jax.cli import add_common
+from bert_jax.errors import EXIT_RESUMABLE, Stopped
 
 DEFAULT_CONFIG = "configs/pretrain.py:demo"
 
@@ -13,7 +16,10 @@ DEFAULT_CONFIG = "configs/pretrain.py:demo"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pre-train BERT (MLM + NSP); resumes a workdir",
                        description="Pre-train BERT with the config's recipe. Re-running with "
-                                   "the same --workdir resumes from its last checkpoint.")
+                                   "the same --workdir resumes from its last checkpoint. "
+                                   "Ctrl-C or SIGTERM saves the current step and exits "
+                                   f"with status {EXIT_RESUMABLE} (resumable); a finished "
+                                   "run exits 0.")
     add_common(p, config=DEFAULT_CONFIG, workdir=True, json=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pretrain)
@@ -38,7 +44,15 @@ def run_pretrain(args: argparse.Namespace) -> int:
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = configlib.load(args.config, args.config_overrides)
-    result = pretrain.run(config, args.workdir, progress=not args.no_progress)
+    try:
+        result = pretrain.run(config, args.workdir, progress=not args.no_progress)
+    except Stopped as stopped:
+        # One line: what happened, where the step is saved, the command that resumes.
+        resume = shlex.join(["bert-jax", "pretrain", "--config", args.config, "--workdir",
+                             str(args.workdir), *args.config_overrides])
+        print(f"stopped ({stopped.reason}): saved step {stopped.step} in "
+              f"{stopped.checkpoint_dir}; resume with: {resume}", file=sys.stderr)
+        return EXIT_RESUMABLE
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -49,14 +63,13 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bert_jax import checkpoint, configlib, weights
     from bert_jax.errors import UserError
+    from bert_jax.paths import as_path
     from bert_jax.tokenizer import Tokenizer
 
     config = configlib.load_saved(args.workdir)
-    params, step = checkpoint.restore_params(Path(args.workdir) / "checkpoints", args.step)
+    params, step = checkpoint.restore_params(as_path(args.workdir) / "checkpoints", args.step)
     if not config.data.vocab:
         raise UserError(f"{args.workdir}/config.json names no data.vocab to export beside "
                         "the weights; set --config.data.vocab when pre-training")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from bert_jax.data.rng import derive_key, hash_bits
 from bert_jax.errors import UserError
 
 _FEISTEL_ROUNDS = 4
+_INDEX_BLOCK_ROWS = 16384  # example indices computed together (whole batches of them)
 
 
 def feistel_permute(x: np.ndarray, n: int, key: int | np.ndarray) -> np.ndarray:
@@ -137,6 +139,8 @@ class PretrainingLoader:
                             "drop_remainder=False")
         self._batches_per_epoch = n_batches
         self._epoch, self._position = 0, 0
+        self._block_batches = max(1, _INDEX_BLOCK_ROWS // self.batch_size)
+        self._index_block: tuple[tuple[int, int] | None, np.ndarray | None] = (None, None)
 
     # ---- state ------------------------------------------------------------------------
 
@@ -163,6 +167,26 @@ class PretrainingLoader:
     def __iter__(self) -> PretrainingLoader:
         return self
 
+    def plan(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(epoch, position, state after it) of each batch `next` would make from here,
+        without making them or moving this loader: for worker processes, which make
+        `batch(epoch, position)` each (see prefetch.py)."""
+        epoch, position = self._epoch, self._position
+        while True:
+            if position >= self._batches_per_epoch:
+                epoch, position = epoch + 1, 0
+                if not self.repeat:
+                    return
+            yield epoch, position, {**self.get_state(), "epoch": epoch, "position": position + 1}
+            position += 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a worker process: without the memory maps (it maps its own)."""
+        state = dict(self.__dict__)
+        state["_open"] = collections.OrderedDict()
+        state["_index_block"] = (None, None)
+        return state
+
     def __next__(self) -> dict[str, np.ndarray]:
         if self._position >= self._batches_per_epoch:
             self._epoch, self._position = self._epoch + 1, 0
@@ -174,10 +198,24 @@ class PretrainingLoader:
 
     def example_indices(self, epoch: int, position: int) -> np.ndarray:
         """Global example indices of this host's batch (-1 for padding rows)."""
-        start = (position * self.process_count + self.process_index) * self.batch_size
-        slots = np.arange(start, start + self.batch_size, dtype=np.int64)
+        block, row = divmod(position, self._block_batches)
+        if self._index_block[0] != (epoch, block):
+            self._index_block = ((epoch, block), self._block_indices(epoch, block))
+        return self._index_block[1][row].copy()
+
+    def _block_indices(self, epoch: int, block: int) -> np.ndarray:
+        """[K, B] indices of this host's batches K*block ... K*block + K - 1 of `epoch`.
+
+        One permutation call for K batches (about `_INDEX_BLOCK_ROWS` rows): its cycle
+        walking takes a dozen rounds of small numpy calls whatever the size, so a call
+        per batch would cost as much as masking the batch.
+        """
+        k = self._block_batches
+        positions = np.arange(block * k, (block + 1) * k, dtype=np.int64)
+        start = (positions * self.process_count + self.process_index) * self.batch_size
+        slots = start[:, None] + np.arange(self.batch_size, dtype=np.int64)[None, :]
         valid = slots < self.num_examples
-        out = np.full(self.batch_size, -1, np.int64)
+        out = np.full(slots.shape, -1, np.int64)
         if self.shuffle:
             key = derive_key(self.seed, epoch)
             out[valid] = feistel_permute(slots[valid], self.num_examples, key)

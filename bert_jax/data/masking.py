@@ -99,28 +99,72 @@ def _select_tokens(order_bits: np.ndarray, cand: np.ndarray, n: np.ndarray,
 
 def _select_words(order_bits: np.ndarray, cand: np.ndarray, starts: np.ndarray,
                   n: np.ndarray) -> np.ndarray:
-    """With whole words: groups in random order, each taken whole if it still fits."""
+    """With whole words: groups in random order, each taken whole if it still fits.
+
+    A group is keyed by the random bits of its first piece and lives at its first
+    position (arrays stay [N, L]). The greedy scan is sequential,
+    but all of it except a short tail is a prefix sum: every group up to the first one
+    that overshoots `n` fits, so those are taken at once. Past that group a row lacks
+    `d = n - total` positions (fewer than that group's size); each further round takes,
+    in every row still short, the next group in order of size <= d, the one the scan
+    would reach next. A round fills at least one position or ends the row, so there
+    are fewer rounds than the longest word has pieces.
+    """
     N, L = cand.shape
-    group = np.cumsum(starts, axis=1) - 1  # group index of each position (valid on cand)
-    rows, cols = np.nonzero(starts)
-    # Each group's random key is the key of its first piece; missing groups sort last.
-    gkey = np.full((N, L), np.iinfo(np.uint64).max, np.uint64)
-    gkey[rows, group[rows, cols]] = order_bits[rows, cols]
-    gsize = np.zeros((N, L), np.int64)
-    crow, ccol = np.nonzero(cand)
-    np.add.at(gsize, (crow, group[crow, ccol]), 1)
-    order = np.argsort(gkey, axis=1, kind="stable")
-    sizes = np.take_along_axis(gsize, order, axis=1)
-    taken_sorted = np.zeros((N, L), bool)
-    total = np.zeros(N, np.int64)
-    for r in range(int(starts.sum(axis=1).max(initial=0))):
-        s = sizes[:, r]
-        take = (s > 0) & (total < n) & (total + s <= n)
-        taken_sorted[:, r] = take
-        total += np.where(take, s, 0)
+    flat_starts = starts.ravel()
+    # global group id of each position (valid on cand)
+    group = np.cumsum(flat_starts, dtype=np.int32) - 1
+    if group[-1] < 0:
+        return np.zeros_like(cand)
+    size_at = np.zeros(N * L, np.int32)  # each group's size, at its first position
+    size_at[flat_starts] = np.bincount(group[cand.ravel()], minlength=int(group[-1]) + 1)
+    # Groups in key order: a value sort of (key, position) packed in 64 bits (the key's
+    # top bits above the position's), faster than an argsort. Keys that agree in all
+    # their kept bits (probability ~2**-50 per pair) fall back to position order, as the
+    # stable sort of the full keys would for equal keys. Non-starts get the top bit and
+    # sort last.
+    shift = np.uint64(max(1, (L - 1).bit_length()))
+    low = (np.uint64(1) << shift) - np.uint64(1)
+    top = np.uint64(1 << 63)
+    packed = np.where(starts, (order_bits >> np.uint64(1)) & ~low, top)
+    packed |= np.arange(L, dtype=np.uint64)[None, :]
+    size_at = size_at.reshape(N, L)
+    # Every group holds a position, so the prefix and the group that overshoots it are
+    # among the first max(n) + 1: only those are sorted (after a linear-time partition).
+    k = min(L, int(n.max(initial=0)) + 1)
+    head = np.sort(np.partition(packed, k - 1, axis=1)[:, :k] if k < L else packed, axis=1)
+    order = (head & low).astype(np.intp)
+    sizes = size_at[np.arange(N)[:, None], order]
+
+    # The prefix: groups whose running total stays within n.
+    taken_sorted = (np.cumsum(sizes, axis=1) <= n[:, None]) & (sizes > 0)
+    overshoot = np.argmin(taken_sorted | (sizes == 0), axis=1)  # first group not taken
+    total = np.where(taken_sorted, sizes, 0).sum(axis=1)
+    rows, cols = np.nonzero(taken_sorted)
+    chosen_rows, chosen_starts = [rows], [order[rows, cols]]
+    # The tail: rows still short scan on (in their full order) from the first group that
+    # did not fit.
+    short_rows = np.nonzero((total < n) & (sizes[np.arange(N), overshoot] > 0))[0]
+    if len(short_rows):
+        full = (np.sort(packed[short_rows], axis=1) & low).astype(np.intp)
+        full_sizes = size_at[short_rows[:, None], full]
+        active = np.arange(len(short_rows))
+        after, deficit = overshoot[short_rows], (n - total)[short_rows]
+        columns = np.arange(L)[None, :]
+        while len(active):
+            s = full_sizes[active]
+            fits = (s > 0) & (s <= deficit[:, None]) & (columns > after[:, None])
+            found = fits.any(axis=1)
+            active, after = active[found], np.argmax(fits, axis=1)[found]
+            chosen_rows.append(short_rows[active])
+            chosen_starts.append(full[active, after])
+            deficit = deficit[found] - full_sizes[active, after]
+            short = deficit > 0
+            active, after, deficit = active[short], after[short], deficit[short]
     taken = np.zeros((N, L), bool)
-    np.put_along_axis(taken, order, taken_sorted, axis=1)
-    return cand & np.take_along_axis(taken, np.maximum(group, 0), axis=1)
+    taken[np.concatenate(chosen_rows), np.concatenate(chosen_starts)] = True
+    # A position is chosen when its group's first position is.
+    return (cand.ravel() & taken.ravel()[flat_starts][group]).reshape(N, L)
 
 
 def mask_batch(input_ids: np.ndarray, lengths: np.ndarray, keys: np.ndarray,

@@ -1,23 +1,31 @@
 """The pre-training loop: MLM (+ NSP), one or two sequence-length phases, resumable.
 
 `run(config, workdir)` is what `bert-jax pretrain` calls. In order:
-1. start jax.distributed if asked, build the (data, fsdp, tensor) mesh;
+1. apply the runtime settings (XLA flags, the compilation cache; runtime.py), start
+   jax.distributed if asked, build the (data, fsdp, tensor) mesh and check that each
+   host's loader feeds exactly the batch rows the mesh gives its devices;
 2. resolve the data (building the demo vocab and data in the workdir when
    `config.data.demo`), plan the phases (seq 128, then 512 from `phase2_start`);
 3. restore the latest checkpoint in `<workdir>/checkpoints` if there is one, else
    initialise (randomly, or from released weights with `config.init_from`);
-4. run the jit-compiled, sharded train step; every `log_every` steps log metrics,
-   throughput and MFU; evaluate every `eval_every`; checkpoint every
-   `checkpoint_every` steps, at the end, and on SIGTERM (preemption).
+4. run the jit-compiled, sharded train step on batches a background thread prepares
+   and puts on the devices `train.prefetch` steps ahead; every `log_every` steps log
+   metrics, throughput, MFU and the step time split into data wait and device time;
+   evaluate every `eval_every`; checkpoint every `checkpoint_every` steps and at the end;
+   trace a profiler window if `train.profile` asks.
+5. On Ctrl-C or SIGTERM (on any host) every host saves the same step and `run` raises
+   `errors.Stopped` (the CLI exits with `EXIT_RESUMABLE`); see stopping.py.
 The learning-rate schedule spans both phases; the checkpoint stores the phase and the
-loader position, so a run killed at any moment resumes with exactly the same batches.
+position of the last batch consumed (not of those read ahead), so a run killed at any
+moment resumes with exactly the same batches. The workdir may be a URL (gs://...).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,15 +35,24 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import checkpoint, configlib, flops, optim, sharding
+from bert_jax import checkpoint, configlib, flops, optim, runtime, sharding
 from bert_jax import model as model_lib
-from bert_jax.errors import UserError
+from bert_jax.data.prefetch import Prefetcher
+from bert_jax.errors import Stopped, UserError
+from bert_jax.paths import as_path, is_local
 from bert_jax.train import objectives
 from bert_jax.train import state as state_lib
 from bert_jax.train import step as step_lib
+from bert_jax.train.profile import ProfileWindow, parse_window
+from bert_jax.train.stopping import StopRequest
 from bert_jax.train.writer import MetricWriter
 
 log = logging.getLogger(__name__)
+
+
+# Steps the loop dispatches ahead of the device: enough to keep it busy, few enough that
+# Ctrl-C / SIGTERM (seen by the loop between steps) stop within a few steps.
+RUN_AHEAD = 2
 
 
 class DivergedError(UserError):
@@ -160,14 +177,25 @@ def _initial_params(config: ml_collections.ConfigDict, head: str) -> Any:
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         progress: bool = True) -> dict[str, Any]:
     """Pre-trains (or resumes) the run in `workdir`; returns the last train/eval metrics."""
+    runtime.configure(config.runtime)  # XLA flags, compilation cache: before JAX starts
     dist = config.distributed
     sharding.initialize_distributed(dist.coordinator_address or None,
                                     dist.num_processes or None,
                                     dist.process_id if dist.process_id >= 0 else None)
-    workdir = Path(workdir)
+    with StopRequest() as stop:  # from here on Ctrl-C / SIGTERM save a step and stop
+        return _pretrain(config, workdir, stop, progress=progress)
+
+
+def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopRequest, *,
+              progress: bool) -> dict[str, Any]:
+    local = is_local(workdir)
+    workdir = as_path(workdir)  # gs://bucket/run stays a URL (see paths.py)
     t = config.train
     if config.data.demo:
-        prepare_demo_data(config, workdir)
+        if not local:
+            raise UserError(f"the demo builds its vocab and data with local tools: use a local "
+                            f"--workdir, not {workdir}")
+        prepare_demo_data(config, Path(workdir))
     phases = plan_phases(config)
     total = int(t.total_steps)
 
@@ -176,7 +204,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     module = model_lib.build(mcfg, head)
     objective = objectives.PreTraining(module)
     optimizer, schedule = optim.build(config.optimizer, total)
-    mesh = sharding.make_mesh(tuple(config.mesh.shape))
+    mesh = sharding.make_mesh(tuple(config.mesh.shape), dcn_shape=tuple(config.mesh.dcn_shape))
+    sharding.check_host_batches(mesh)
     for phase in phases:
         sharding.check_batch(phase.batch_size, mesh)
         if phase.batch_size % (int(t.accum_steps) * sharding.data_parallel_size(mesh)):
@@ -202,14 +231,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                                        shardings.params, mesh)
 
     writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
-    stop = {"requested": False}
-    previous_handler = signal.signal(
-        signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
+    profile = ProfileWindow(parse_window(t.profile), str(workdir / "tensorboard"))
     peak = flops.peak_flops(jax.devices()[0].device_kind, float(t.peak_tflops))
     step = int(jax.device_get(state.step))
     last: dict[str, Any] = {}
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
                disable=not progress or jax.process_index() != 0)
+    put = functools.partial(sharding.global_batch, mesh=mesh)
+    batches: Prefetcher | None = None
     try:
         for phase in phases:
             if step >= phase.end:
@@ -224,14 +253,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                                 f"tokens; the model has {mcfg.max_position_embeddings} positions")
             step_flops = phase.batch_size * flops.train_flops(
                 mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]), config.nsp)
-            batches = iter(loader)
+            # The batches come from a background thread, `prefetch` ahead, already on
+            # the devices; `batches.state` is the loader state of the batches consumed.
+            if batches is not None:
+                batches.close()
+            batches = Prefetcher(loader, put, depth=int(t.prefetch),
+                                 workers=int(config.data.workers))
             pending: list[tuple[int, dict]] = []
+            inflight: collections.deque = collections.deque()
             window_start, window_steps = time.perf_counter(), 0
+            window_wait = batches.wait_s
             while step < phase.end:
-                state, metrics = train_step(state, sharding.global_batch(next(batches), mesh))
+                profile.at(step, state)
+                state, metrics = train_step(state, next(batches))
                 step += 1
                 window_steps += 1
                 pending.append((step, metrics))
+                inflight.append(metrics["loss"])
+                if len(inflight) > RUN_AHEAD:
+                    inflight.popleft().block_until_ready()
                 bar.update(1)
                 if step % int(t.log_every) == 0 or step == phase.end:
                     records = jax.device_get(pending)
@@ -250,6 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                     seqs = window_steps * phase.batch_size / elapsed
                     last |= {"seq_per_s": seqs, "tokens_per_s": seqs * seq_len,
                              "seq_len": float(seq_len)}
+                    last |= step_times(elapsed, batches.wait_s - window_wait, window_steps)
                     if peak:
                         last["mfu"] = step_flops * window_steps / elapsed / (
                             peak * jax.device_count())
@@ -258,6 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                                     mlm_acc=f"{last['masked_lm_accuracy']:.3f}",
                                     seq_s=f"{seqs:.1f}")
                     window_start, window_steps = time.perf_counter(), 0
+                    window_wait = batches.wait_s
                 if phase.eval and (step % int(t.eval_every) == 0 or step == total):
                     evaluated = evaluate(config, eval_step, state.params, phase, mesh)
                     writer.write(step, "eval", evaluated)
@@ -265,18 +307,31 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                     bar.write(f"step {step} eval: " + ", ".join(
                         f"{k} {v:.4f}" for k, v in sorted(evaluated.items())))
                     window_start, window_steps = time.perf_counter(), 0
-                if step % int(t.checkpoint_every) == 0 or step == total or stop["requested"]:
-                    ckpt.save(step, state, {"phase": phase.index, "loader": loader.get_state()})
-                if stop["requested"]:
-                    log.warning("SIGTERM: saved step %d, stopping", step)
-                    ckpt.close()
-                    return last
+                    window_wait = batches.wait_s
+                # Every host asks at every step: they agree on where to stop.
+                stopping = stop.should_stop(step) and step < total
+                if step % int(t.checkpoint_every) == 0 or step == total or stopping:
+                    ckpt.save(step, state, {"phase": phase.index, "loader": batches.state})
+                if stopping:
+                    ckpt.wait()
+                    raise Stopped(step, stop.reason or "stop requested", str(ckpt.directory))
     finally:
+        if batches is not None:
+            batches.close()
+        profile.stop()
         bar.close()
         writer.close()
         ckpt.close()
-        signal.signal(signal.SIGTERM, previous_handler)
     return last
+
+
+def step_times(elapsed: float, data_wait: float, steps: int) -> dict[str, float]:
+    """Mean seconds per step of a logging window, split into the wait for the next batch
+    and the rest, the device's share: the loop dispatches steps ahead of the device and
+    waits for it when it fetches the window's metrics."""
+    step_s = elapsed / steps
+    data_wait_s = min(data_wait / steps, step_s)
+    return {"step_s": step_s, "data_wait_s": data_wait_s, "device_s": step_s - data_wait_s}
 
 
 def evaluate(config: ml_collections.ConfigDict, eval_step, params: Any, phase: Phase,

@@ -3,6 +3,10 @@
 Each record is `{"step": t, "split": "train"|"eval", ...metrics}`, one line of
 `<workdir>/metrics.jsonl` (appended, so a resumed run continues the same file) and
 scalars `<split>/<name>` in `<workdir>/tensorboard/`. Only process 0 writes.
+
+The workdir may be a URL (gs://...; see paths.py). Object stores cannot append, so there
+the file is written whole at each record (the lines so far are kept in memory; a file of
+a few thousand records); a local file is appended to, line-buffered.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 import jax
 
+from bert_jax.paths import as_path, is_local
+
 
 def _clean(value: Any) -> Any:
     value = float(value)
@@ -24,28 +30,40 @@ def _clean(value: Any) -> Any:
 class MetricWriter:
     def __init__(self, workdir: str | Path, tensorboard: bool = True) -> None:
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = as_path(workdir) / "metrics.jsonl"
         self.tb = None
+        self.file = None
+        self.lines: list[str] = []  # for a URL: the whole file, rewritten at each record
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses nothing
+            if is_local(workdir):
+                # line-buffered: a crash loses nothing
+                self.file = open(self.path, "a", buffering=1)  # noqa: SIM115
+            elif self.path.exists():
+                self.lines = self.path.read_text().splitlines(keepends=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+                self.tb = SummaryWriter(str(as_path(workdir) / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
         record |= {k: _clean(v) for k, v in sorted(metrics.items())}
-        self.file.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self.file is not None:
+            self.file.write(line)
+        else:
+            self.lines.append(line)
+            self.path.write_text("".join(self.lines))
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
     def close(self) -> None:
         if self.enabled:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
             if self.tb is not None:
                 self.tb.close()
 
@@ -56,7 +74,7 @@ def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict[str
     A resumed run may have logged some steps twice (after its last checkpoint, before a
     kill); the later record of a step wins.
     """
-    path = Path(workdir) / "metrics.jsonl"
+    path = as_path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     by_key: dict[tuple[str, int], dict] = {}
