@@ -37,6 +37,16 @@ def test_trained_vocab_loads_and_is_cased_right(tmp_path, lowercase):
     assert sum(len(tok.tokenize(w)) == 1 for w in words) > 0.95 * len(words)
 
 
+def test_trained_vocab_is_byte_identical_on_every_run(tmp_path):
+    """The tokenizers trainer alone gave a different vocab (order and set) on each run,
+    in-process too; three runs of the demo vocab must agree byte for byte."""
+    runs = [train_vocab([str(demo_corpus_path())], tmp_path / str(i), vocab_size=1024)
+            .read_bytes() for i in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    tokens = runs[0].decode().split("\n")[:-1]
+    assert tokens[:5] == list(SPECIAL_TOKENS) and len(tokens) == len(set(tokens)) <= 1024
+
+
 def test_cli_train_vocab_then_create_data(tmp_path, capsys):
     corpus = str(demo_corpus_path())
     assert cli.main(["train-vocab", "--input", corpus, "--output", str(tmp_path / "v"),
