@@ -85,3 +85,12 @@ def read_text(path: str | Path, what: str = "file") -> str:
                         f"{e.object[e.start:e.start + 1]!r})") from None
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """A JSON file's content; missing, non-UTF-8 or malformed is a UserError naming it."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None

@@ -24,14 +24,14 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 def read_vocab(path: str | Path) -> dict[str, int]:
     """vocab.txt -> {token: id}; ids are line numbers, as in the original."""
+    from bert_jax import files
+
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"vocab file not found: {path}")
     vocab: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            token = line.rstrip("\n")
-            vocab.setdefault(token, i)  # a duplicate line keeps its first id, as HF does
+    # split("\n"), not splitlines(): tokens may hold \x85, \u2028 and other line breaks.
+    lines = files.read_text(path, "vocab file").split("\n")
+    for i, line in enumerate(lines[:-1] if lines[-1] == "" else lines):
+        vocab.setdefault(line, i)  # a duplicate line keeps its first id, as HF does
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise UserError(f"vocab {path} lacks the special tokens {missing}")
@@ -110,11 +110,13 @@ class Tokenizer:
 
     def save(self, directory: str | Path) -> None:
         """Writes `vocab.txt` and `tokenizer.json` (both readable by transformers)."""
+        from bert_jax import files
+
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
-        (d / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
-        self.backend.save(str(d / "tokenizer.json"))
+        files.write_text_atomic(d / "vocab.txt", "".join(t + "\n" for t, _ in vocab))
+        with files.atomic_path(d / "tokenizer.json") as tmp:
+            self.backend.save(str(tmp))
 
     # ---- use ----------------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ DEFAULT_CONFIG = "configs/glue.py:default"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("glue", help="fine-tune and evaluate on GLUE tasks (lr x seed sweeps)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, config=DEFAULT_CONFIG, workdir=True, model=True, json=True)
+    add_common(p, config=DEFAULT_CONFIG, model=True, json=True,
+               workdir="directory for the runs (<task>/lr<lr>_seed<seed>/) and the reports; "
+                       "finished runs there are kept, unfinished ones start over")
     p.add_argument("--task", required=True,
                    help="a GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI), "
                         "a comma list, or all")
@@ -62,16 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _quiet_logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("jax._src", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # orbax warns (via absl) of a missing metadata file on every params-only restore.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
 def run_glue(args: argparse.Namespace) -> int:
     from bert_jax import configlib
     from bert_jax.train import glue_sweep
@@ -83,8 +75,7 @@ def run_glue(args: argparse.Namespace) -> int:
     if not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a directory (expected the GLUE "
                         "layout: CoLA/, SST-2/, ...)")
-    _quiet_logging()
-    config = configlib.load(args.config, args.config_overrides)
+    config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
     summary = glue_sweep.sweep(config, tasks, args.model, args.data_dir, args.workdir, lrs=lrs,
                                seeds=seeds, predict_test=args.predict_test, export=args.export,
                                progress=not args.no_progress)

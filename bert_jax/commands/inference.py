@@ -243,7 +243,10 @@ def plot_attention(maps, tokens: list[str], path: str, *, title: str, average: b
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
         ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     fig.suptitle(f"attention, {title} (row attends to column)")
+    from bert_jax import files
+
     try:
-        fig.savefig(path, dpi=100)
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e}") from None
+        raise UserError(f"cannot write {path}: {e.strerror}") from None

@@ -212,7 +212,7 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
                                      config.eval_batch_size, tuple(config.length_buckets))
                 tests.append({"task": name, "split": split, "index": data[key]["guid"].tolist(),
                               "prediction": to_predictions(task, logits).tolist()})
-        (workdir / "test_predictions.json").write_text(json.dumps(tests))
+        files.write_text_atomic(workdir / "test_predictions.json", json.dumps(tests))
     if config.save_checkpoint:
         from bert_jax import checkpoint
         ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
@@ -332,7 +332,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     hf["label2id"] = {name: i for i, name in enumerate(names)}
     hf["finetuning_task"] = task.name
     hf["problem_type"] = "regression" if task.is_regression else "single_label_classification"
-    path.write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    files.write_json_atomic(path, hf)
     return out
 
 

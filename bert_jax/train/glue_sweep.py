@@ -301,8 +301,8 @@ def write_reports(summary: dict[str, Any], workdir: str | Path) -> None:
     """summary.json (atomically), results.md, results.csv and results.png in `workdir`."""
     workdir = Path(workdir)
     files.write_json_atomic(workdir / "summary.json", summary)
-    (workdir / "results.md").write_text(markdown(summary))
-    (workdir / "results.csv").write_text(to_csv(summary))
+    files.write_text_atomic(workdir / "results.md", markdown(summary))
+    files.write_text_atomic(workdir / "results.csv", to_csv(summary))
     plot(summary, workdir / "results.png")
 
 
@@ -353,7 +353,8 @@ def plot(summary: dict[str, Any], path: str | Path) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.savefig(path, dpi=110)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 # ---- the test-server files --------------------------------------------------------------

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import checkpoint, configlib, flops, optim, sharding
+from bert_jax import checkpoint, configlib, files, flops, optim, sharding
 from bert_jax import model as model_lib
 from bert_jax.errors import UserError
 from bert_jax.train import objectives
@@ -81,13 +81,15 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
     if jax.process_index() == 0:
         root.mkdir(parents=True, exist_ok=True)
         train_txt, eval_txt = root / "demo_train.txt", root / "demo_eval.txt"
-        if not eval_txt.exists():
-            # Hold out every 20th document for evaluation.
-            docs = data.demo_corpus_path().read_text(encoding="utf-8").strip().split("\n\n")
-            train_txt.write_text("\n\n".join(x for i, x in enumerate(docs) if i % 20) + "\n")
-            eval_txt.write_text("\n\n".join(x for i, x in enumerate(docs) if i % 20 == 0) + "\n")
+        # Hold out every 20th document for evaluation. Written atomically, and rewritten
+        # whenever they differ from the packaged corpus's split (never trusted for existing).
+        docs = data.demo_corpus_path().read_text(encoding="utf-8").strip().split("\n\n")
+        for path, keep in ((train_txt, lambda i: i % 20 != 0), (eval_txt, lambda i: i % 20 == 0)):
+            text = "\n\n".join(x for i, x in enumerate(docs) if keep(i)) + "\n"
+            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+                files.write_text_atomic(path, text)
         vocab = root / "vocab" / "vocab.txt"
-        if not vocab.exists():
+        if not vocab.exists():  # written atomically: present means complete
             data.train_vocab([str(train_txt)], root / "vocab", vocab_size=d.demo_vocab_size)
         tokenizer = Tokenizer.from_vocab(vocab)
         if tokenizer.vocab_size > config.model.vocab_size:

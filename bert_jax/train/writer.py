@@ -3,6 +3,10 @@
 Each record is `{"step": t, "split": "train"|"eval", ...metrics}`, one line of
 `<workdir>/metrics.jsonl` (appended, so a resumed run continues the same file) and
 scalars `<split>/<name>` in `<workdir>/tensorboard/`. Only process 0 writes.
+
+Every field but the `TIMING_FIELDS` (wall-clock time and throughput) is a function of
+the config and the data alone: two runs of the same command write equal records once
+those are dropped (`without_timing`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+TIMING_FIELDS = frozenset({"time", "seq_per_s", "tokens_per_s", "mfu"})
+
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics record without the fields that depend on the machine's speed."""
+    return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
 
 def _clean(value: Any) -> Any:
