@@ -9,7 +9,9 @@ no checkpoint that `latest_step` would pick up. The last `keep` are kept.
 A checkpoint can still be damaged later (a data file truncated or deleted by a full
 disk, a bad copy, a cleanup script). Restoring (`Checkpointer.restore`,
 `restore_params`) takes the newest checkpoint that restores, and logs one line for each
-newer one it skipped and why (the root cause, which orbax buries under its own errors).
+newer one it skipped and why (the root cause, which orbax buries under its own errors);
+a resumed run renames the skipped ones `<step>.damaged` (kept for inspection), since it
+saves those steps again.
 A checkpoint whose shapes disagree with the model is not damaged: that is the user's
 config, and it is one UserError, not a fallback.
 """
@@ -28,6 +30,17 @@ from bert_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint that did not restore is renamed <step>.damaged
+
+
+def _unused(path: Path) -> Path:
+    n = 1
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}{n}")
+    return candidate
+
 
 def root_cause(error: BaseException) -> str:
     """One line for a failed restore: the innermost cause (e.g. tensorstore's
@@ -39,11 +52,41 @@ def root_cause(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _saved_tree(path: Path) -> Any:
-    """The saved tree's metadata (shape, dtype per leaf) of a StandardSave item."""
-    metadata = ocp.StandardCheckpointer().metadata(path)
-    tree = getattr(metadata, "item_metadata", metadata)
-    return getattr(tree, "tree", tree)
+def verify_readable(item: Path, batch: int = 64) -> None:
+    """Reads every stored value of a checkpoint item (an OCDBT database), `batch` at a
+    time, waiting for each read to finish; raises the first error.
+
+    Orbax reads all arrays at once on an asyncio loop: on a damaged file the first
+    failed read ends the loop while hundreds of others are still in flight, and each
+    of those then prints `RuntimeError: Event loop is closed` from tensorstore's
+    threads, burying the cause. Reading here first, with no read left pending, turns
+    the damage into one exception naming the file; orbax then only sees sound items
+    (its metadata read opens every array at once too, so this comes first).
+    """
+    import tensorstore as ts
+
+    if not (item / "manifest.ocdbt").exists():
+        return  # not an OCDBT item: orbax's own errors are direct
+    store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{item.absolute()}/"}).result()
+    keys = store.list().result()
+    for start in range(0, len(keys), batch):
+        reads = [store.read(key) for key in keys[start:start + batch]]
+        errors = []
+        for read in reads:  # wait for all, so no read outlives this function
+            try:
+                read.result()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def _saved_tree(item: Path) -> Any:
+    """The saved tree's metadata (shape, dtype per leaf) of a StandardSave item. The
+    handler, not StandardCheckpointer: that one looks for a step's metadata file in the
+    item directory and warns (via absl) on every call that it does not exist."""
+    metadata = ocp.StandardCheckpointHandler().metadata(item)
+    return getattr(metadata, "tree", metadata)
 
 
 def check_params_match(saved_params: Any, params: Any, where: Path) -> None:
@@ -63,27 +106,30 @@ def check_params_match(saved_params: Any, params: Any, where: Path) -> None:
 
 
 def _restore_newest(directory: Path, steps: list[int], step: int | None,
-                    restore: Callable[[int], Any]) -> tuple[Any, int]:
-    """`restore(s)` for the newest s of `steps` that restores (only `step` if given)."""
-    if step is not None:
-        if step not in steps:
-            have = ", ".join(map(str, steps)) or "none"
-            raise UserError(f"no checkpoint at step {step} in {directory} (steps there: {have})")
-        steps = [step]
+                    restore: Callable[[int], Any]) -> tuple[Any, int, list[int]]:
+    """`restore(s)` for the newest s of `steps` that restores (only `step` if given).
+    Returns (what restore returned, s, the newer steps skipped as damaged)."""
+    if step is not None and step not in steps:
+        have = ", ".join(map(str, steps)) or "none"
+        raise UserError(f"no checkpoint at step {step} in {directory} (steps there: {have})")
     if not steps:
         raise UserError(f"no checkpoint in {directory}")
-    failures = []
-    for s in sorted(steps, reverse=True):
+    failures: list[str] = []
+    skipped: list[int] = []
+    for s in [step] if step is not None else sorted(steps, reverse=True):
         try:
-            return restore(s), s
+            return restore(s), s, skipped
         except UserError:
             raise
         except Exception as e:  # a damaged checkpoint: say why, try the one before
             reason = root_cause(e)
+            if step is not None:
+                raise UserError(f"checkpoint {directory / str(s)} does not restore: "
+                                f"{reason}") from None
+            log.warning("skipping checkpoint %s: it does not restore (%s)",
+                        directory / str(s), reason)
             failures.append(f"step {s}: {reason}")
-            if step is None:
-                log.warning("skipping checkpoint %s: it does not restore (%s)",
-                            directory / str(s), reason)
+            skipped.append(s)
     raise UserError(f"no checkpoint in {directory} restores ({'; '.join(failures)})")
 
 
@@ -116,13 +162,25 @@ class Checkpointer:
         `abstract_state` says."""
         def restore(s: int) -> tuple[Any, dict]:
             path = self.directory / str(s)
+            verify_readable(path / "state")
             check_params_match(_saved_tree(path / "state")["params"],
                                abstract_state.params, path)
             restored = self.manager.restore(s, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
             return restored.state, dict(restored.extra)
 
-        restored, _ = _restore_newest(self.directory, self.all_steps(), step, restore)
+        restored, _, skipped = _restore_newest(self.directory, self.all_steps(), step, restore)
+        if skipped and jax.process_index() == 0:
+            # Out of the way: the resumed run saves those steps again.
+            for s in skipped:
+                aside = _unused(self.directory / f"{s}{DAMAGED_SUFFIX}")
+                (self.directory / str(s)).rename(aside)
+                log.warning("moved the damaged checkpoint to %s", aside)
+        if skipped:
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices("damaged checkpoints moved aside")
+            self.manager.reload()
         return restored
 
     def wait(self) -> None:
@@ -145,18 +203,21 @@ def restore_params(directory: str | Path, step: int | None = None) -> tuple[Any,
         steps = list(manager.all_steps())
     finally:
         manager.close()
-    checkpointer = ocp.StandardCheckpointer()
+    handler = ocp.StandardCheckpointHandler()
     # The saved tree's shapes on this process's first device: a checkpoint written by
     # a multi-host or sharded run restores on one machine (export, evaluation).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def restore(s: int) -> Any:
-        path = directory / str(s) / "state"
+        item = directory / str(s) / "state"
+        verify_readable(item)
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              _saved_tree(path))
-        return jax.device_get(checkpointer.restore(path, target)["params"])
+                              _saved_tree(item))
+        restored = handler.restore(item, args=ocp.args.StandardRestore(target))
+        return jax.device_get(restored["params"])
 
     try:
-        return _restore_newest(directory, steps, step, restore)
+        params, step, _ = _restore_newest(directory, steps, step, restore)
+        return params, step
     finally:
-        checkpointer.close()
+        handler.close()

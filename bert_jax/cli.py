@@ -93,12 +93,25 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def setup_logging() -> None:
-    """One handler on the root logger, replacing any a dependency installed first (absl's
-    would otherwise swallow bert-jax's INFO lines: `resumed from step N`)."""
+    """One stderr handler on the root logger, at INFO for bert-jax, WARNING for libraries.
+
+    A dependency's import (orbax's) runs `logging.basicConfig()`: a bare stderr handler
+    at WARNING, after which a `basicConfig` of ours does nothing and bert-jax's INFO lines
+    (`resumed from step N`) never show. Plain stderr handlers (theirs, or ours from an
+    earlier call) are replaced; any other handler (a test's, an application's) is kept.
+    """
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        force=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and (
+                handler.stream in (sys.stderr, sys.__stderr__) or hasattr(handler, "bert_jax")):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler()  # to the current sys.stderr
+    handler.bert_jax = True
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     for noisy in ("absl", "jax", "orbax", "etils", "tensorstore", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

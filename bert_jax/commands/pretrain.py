@@ -72,14 +72,21 @@ def run_export(args: argparse.Namespace) -> int:
     from bert_jax.tokenizer import Tokenizer
 
     config = configlib.load_saved(args.workdir)
-    params, step = checkpoint.restore_params(Path(args.workdir) / "checkpoints", args.step)
     if not config.data.vocab:
         raise UserError(f"{args.workdir}/config.json names no data.vocab to export beside "
                         "the weights; set --config.data.vocab when pre-training")
     tokenizer = Tokenizer.from_vocab(config.data.vocab)
+    model_config = configlib.model_config(config.model)
+    weights.check_vocab_rows(tokenizer.vocab_size, model_config.vocab_size, config.data.vocab)
+    ckpt_dir = Path(args.workdir) / "checkpoints"
+    params, step = checkpoint.restore_params(ckpt_dir, args.step)
     head = "pretraining" if config.nsp else "mlm"
-    weights.save_pretrained(args.to, configlib.model_config(config.model), params, tokenizer,
-                            head)
+    # Through the loader's checks: a config.json edited since the run (or from another
+    # run) must not be written beside weights it does not describe.
+    params, _ = weights.hf_to_flax(weights.flax_to_hf(params), model_config, head,
+                                   source=str(ckpt_dir / str(step)),
+                                   format="bert-jax checkpoint")
+    weights.save_pretrained(args.to, model_config, params, tokenizer, head)
     result = {"workdir": str(args.workdir), "step": step, "to": str(args.to)}
     print(json.dumps(result) if args.json else f"exported step {step} to {args.to}")
     return 0
