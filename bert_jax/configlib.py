@@ -108,6 +108,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
             value = tuple(value)
         if isinstance(old, str) and not isinstance(value, str):
             value = text
+        if isinstance(old, ml_collections.ConfigDict):
+            raise UserError(f"--config.{key} is a group of fields ({', '.join(old)}): set "
+                            f"one, e.g. --config.{key}.{next(iter(old))}=VALUE")
         try:
             node[leaf] = value
         except TypeError:
@@ -116,8 +119,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 
 def _type_name(value) -> str:
-    if isinstance(value, ml_collections.ConfigDict):
-        return "a group of fields"
     return {bool: "True/False", int: "an integer", float: "a number", str: "a string",
             tuple: "a tuple", list: "a list", type(None): "None"}.get(
                 type(value), type(value).__name__)

@@ -28,11 +28,15 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
-    """`path` as a directory to write into, made if missing; a file there is a UserError."""
+def check_writable_dir(path: str | Path, what: str = "output directory", *,
+                       create: bool = True) -> Path:
+    """`path` as a directory to write into, made if missing (unless `create` is False);
+    a file there is a UserError."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} exists and is not a directory")
+    if not create:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

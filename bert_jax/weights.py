@@ -574,6 +574,9 @@ def locate(name_or_path: str | Path) -> Source:
     prefix = _tf_prefix(path)
     if prefix is not None:
         return Source(prefix.parent, "tf-checkpoint", prefix)
+    if path.is_file():
+        raise UserError(f"{path} is not a weights file: expected a .safetensors, .bin/.pt/.pth "
+                        "or TF checkpoint file, or a directory holding one")
     raise UserError(f"{path} holds no weights: expected model.safetensors, pytorch_model.bin "
                     "or a TF checkpoint (bert_model.ckpt.index + .data-*)")
 
@@ -600,7 +603,8 @@ def read_config(directory: Path, **overrides: Any) -> BertConfig:
                 raise UserError(f"bad config override: {e}") from None
             except ValueError as e:
                 raise UserError(f"{directory / name}: {e}") from None
-    raise UserError(f"{directory} has no config.json or bert_config.json next to the weights")
+    raise UserError(f"{directory.absolute()} has no config.json or bert_config.json next to "
+                    "the weights")
 
 
 # ---- bert-jax pre-training workdirs -----------------------------------------------------

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_glue(args: argparse.Namespace) -> int:
-    from bert_jax import configlib
+    from bert_jax import configlib, files
     from bert_jax.train import glue_sweep
 
     # Everything the command line says is checked before a model is loaded.
@@ -75,7 +75,9 @@ def run_glue(args: argparse.Namespace) -> int:
     if not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a directory (expected the GLUE "
                         "layout: CoLA/, SST-2/, ...)")
+    files.check_writable_dir(args.workdir, "--workdir", create=False)
     config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
+    glue_sweep.check_config(config)
     summary = glue_sweep.sweep(config, tasks, args.model, args.data_dir, args.workdir, lrs=lrs,
                                seeds=seeds, predict_test=args.predict_test, export=args.export,
                                progress=not args.no_progress)
@@ -95,11 +97,11 @@ def read_examples(args: argparse.Namespace, paired: bool) -> list[tuple[str, str
                             f"{len(args.texts)} texts), or --input FILE with A<TAB>B lines")
         examples += [(args.texts[0], args.texts[1])] if paired else [(t, None) for t in args.texts]
     if args.input:
+        from bert_jax import files
+
         path = Path(args.input)
-        if not path.is_file():
-            raise UserError(f"input file not found: {path}")
         width = 2 if paired else 1
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(files.read_text(path, "--input").splitlines(), 1):
             if not line.strip():
                 continue
             fields = line.split("\t")

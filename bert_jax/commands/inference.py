@@ -17,7 +17,6 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bert_jax import cli
@@ -75,11 +74,10 @@ def read_texts(args: argparse.Namespace) -> list[str]:
         else:
             texts.append(t)
     if getattr(args, "input", None):
-        path = Path(args.input)
-        if not path.is_file():
-            raise UserError(f"input file not found: {path}")
-        texts += [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()
-                  if line.strip()]
+        from bert_jax import files
+
+        texts += [line.rstrip("\r\n") for line in
+                  files.read_text(args.input, "--input").splitlines() if line.strip()]
     return texts
 
 

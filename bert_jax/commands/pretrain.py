@@ -50,9 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from bert_jax import configlib
+    from bert_jax import configlib, files
     from bert_jax.train import pretrain
 
+    files.check_writable_dir(args.workdir, "--workdir", create=False)
     config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
     result = pretrain.run(config, args.workdir, progress=not args.no_progress)
     if args.json:
@@ -72,6 +73,10 @@ def run_export(args: argparse.Namespace) -> int:
     from bert_jax.tokenizer import Tokenizer
 
     config = configlib.load_saved(args.workdir)
+    if "data" not in config or not (Path(args.workdir) / "checkpoints").is_dir():
+        raise UserError(f"--workdir {args.workdir} is not a `bert-jax pretrain` workdir (it "
+                        "needs config.json and checkpoints/); to convert a model directory "
+                        "use `bert-jax convert`")
     if not config.data.vocab:
         raise UserError(f"{args.workdir}/config.json names no data.vocab to export beside "
                         "the weights; set --config.data.vocab when pre-training")

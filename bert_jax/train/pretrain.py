@@ -243,8 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                     if bad and t.on_nonfinite == "stop":
                         raise DivergedError(
                             f"non-finite loss or gradients at step {bad[0]}; the update was "
-                            f"not applied and the last good checkpoint (step "
-                            f"{ckpt.latest_step()}) is kept. Lower the lr, or pass "
+                            f"not applied and {_last_good(ckpt)}. Lower the lr, or pass "
                             "--config.train.on_nonfinite=skip to skip such steps")
                     good = [m for _, m in records if m["finite"]] or [records[-1][1]]
                     last = {k: float(np.mean([m[k] for m in good])) for k in good[0]}
@@ -279,6 +278,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         ckpt.close()
         signal.signal(signal.SIGTERM, previous_handler)
     return last
+
+
+def _last_good(ckpt: checkpoint.Checkpointer) -> str:
+    step = ckpt.latest_step()
+    if step is None:
+        return "no checkpoint was saved yet (rerunning starts from step 0)"
+    return f"the last good checkpoint (step {step}) is kept"
 
 
 def evaluate(config: ml_collections.ConfigDict, eval_step, params: Any, phase: Phase,
