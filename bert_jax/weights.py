@@ -618,10 +618,7 @@ def workdir_config(path: str | Path) -> dict[str, Any] | None:
     p = Path(path).expanduser()
     if not ((p / "checkpoints").is_dir() and (p / "config.json").is_file()):
         return None
-    try:
-        saved = configlib.read_saved(p)
-    except UserError:
-        return None
+    saved = configlib.read_saved(p)  # unreadable: a broken workdir, said in one line
     return saved if "model" in saved else None
 
 

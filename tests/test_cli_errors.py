@@ -290,3 +290,61 @@ def test_pretrain_help_names_the_presets_and_how_to_shorten_a_run():
     for preset_name in ("demo", "base", "base_128", "large", "lamb", "tiny"):
         assert f"\n  {preset_name} " in text
     assert "--config.train.total_steps=100" in text
+
+
+# ---- found by trying every subcommand as a user would -------------------------------------
+
+MORE_CASES = {
+    "train-vocab negative min frequency (was an OverflowError)": (
+        "train-vocab --input {d}/corpus.txt --output {d}/v --min-frequency -1",
+        "--min-frequency -1: must be 0 or more"),
+    "pretrain log_every 0 (was a ZeroDivisionError after the first step)": (
+        "pretrain --workdir {d}/w --config.train.log_every=0",
+        "--config.train.log_every=0: must be greater than 0"),
+    "pretrain checkpoint_every 0": (
+        "pretrain --workdir {d}/w --config.train.checkpoint_every=0",
+        "--config.train.checkpoint_every=0: must be greater than 0"),
+    "pretrain eval_every 0": (
+        "pretrain --workdir {d}/w --config.train.eval_every=0",
+        "--config.train.eval_every=0: must be greater than 0"),
+    "pretrain batch size 0 (was found after the data was built)": (
+        "pretrain --workdir {d}/w --config.train.batch_size=0",
+        "--config.train.batch_size=0: must be greater than 0"),
+    "pretrain keep no checkpoints": (
+        "pretrain --workdir {d}/w --config.train.keep_checkpoints=0",
+        "--config.train.keep_checkpoints=0: must be greater than 0"),
+    "pretrain on_nonfinite misspelt": (
+        "pretrain --workdir {d}/w --config.train.on_nonfinite=skipp",
+        "--config.train.on_nonfinite='skipp': choose stop or skip"),
+    "negative learning rate (ran to the end, ascending the loss)": (
+        "pretrain --workdir {d}/w --config.optimizer.lr=-1e-4",
+        "--config.optimizer.lr=-0.0001: must be greater than 0"),
+    "unknown lr decay (failed inside the first jit trace)": (
+        "pretrain --workdir {d}/w --config.optimizer.decay=cosin",
+        "unknown decay 'cosin'; choose linear, cosine or constant"),
+    "model config.json not JSON (named twice)": (
+        "fill-mask --model {d}/badjson w1 [MASK]",
+        "{d}/badjson/config.json: not valid JSON (Expecting property name"),
+    "workdir config.json not JSON (said 'holds no weights')": (
+        "fill-mask --model {d}/badworkdir w1 [MASK]",
+        "saved config {d}/badworkdir/config.json is not valid JSON (line 1"),
+}
+
+
+@pytest.fixture(scope="module")
+def more_files(files) -> Path:
+    (files / "badjson").mkdir()
+    for f in (files / "model").iterdir():
+        (files / "badjson" / f.name).write_bytes(f.read_bytes())
+    (files / "badjson" / "config.json").write_text("{bad")
+    (files / "badworkdir" / "checkpoints").mkdir(parents=True)
+    (files / "badworkdir" / "config.json").write_text("{bad")
+    return files
+
+
+@pytest.mark.parametrize("case", sorted(MORE_CASES))
+def test_more_bad_input_is_one_line_and_exit_2(more_files, capsys, case):
+    argv, message = MORE_CASES[case]
+    code, _, err = run(capsys, *argv.format(d=more_files).split(" "))
+    assert code == 2
+    assert message.format(d=more_files) in one_error_line(err)

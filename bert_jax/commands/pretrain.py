@@ -55,6 +55,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     files.check_writable_dir(args.workdir, "--workdir", create=False)
     config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
+    pretrain.check_train(config)  # before the demo data is built
     result = pretrain.run(config, args.workdir, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result, sort_keys=True))

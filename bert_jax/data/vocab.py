@@ -51,6 +51,8 @@ def train_vocab(files: Sequence[str], output_dir: str | Path, vocab_size: int = 
 
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise UserError(f"vocab_size {vocab_size} is too small")
+    if min_frequency < 0:
+        raise UserError(f"--min-frequency {min_frequency}: must be 0 or more")
     paths = documents.expand_inputs(list(files))
     tok = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]",
                                                 max_input_chars_per_word=100))

@@ -52,8 +52,26 @@ class Phase:
     eval: str
 
 
+def check_train(config: ml_collections.ConfigDict) -> None:
+    """The train and optimizer sections, before any work: a step count of 0 would divide
+    by zero after the first (slow) step, a batch of 0 fail after the data is built."""
+    t = config.train
+    for field in ("total_steps", "batch_size", "log_every", "eval_every", "eval_batches",
+                  "checkpoint_every", "keep_checkpoints", "accum_steps"):
+        if not int(t[field]) > 0:
+            raise UserError(f"--config.train.{field}={t[field]}: must be greater than 0")
+    if int(t.phase2_start) > 0 and not int(t.phase2_batch_size) > 0:
+        raise UserError(f"--config.train.phase2_batch_size={t.phase2_batch_size}: must be "
+                        "greater than 0")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"--config.train.on_nonfinite={t.on_nonfinite!r}: choose stop or skip")
+    optim.build(config.optimizer, int(t.total_steps))  # its own checks (lr, warmup, decay)
+
+
 def plan_phases(config: ml_collections.ConfigDict) -> list[Phase]:
-    """Phase 1 (the 128 data) and, if `phase2_start` is set, phase 2 (the 512 data)."""
+    """Phase 1 (the 128 data) and, if `phase2_start` is set, phase 2 (the 512 data);
+    the train section checked first (`check_train`)."""
+    check_train(config)
     t, d = config.train, config.data
     total, split = int(t.total_steps), int(t.phase2_start)
     if not d.train:
