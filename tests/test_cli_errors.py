@@ -103,12 +103,12 @@ CASES = {
         "vocab file {d}/latin1.txt is not UTF-8 text (byte 3: b'\\xe9')"),
     "fill-mask input not utf-8": (
         "fill-mask --model {d}/model --input {d}/latin1.txt",
-        "--input {d}/latin1.txt is not UTF-8 text (byte 3"),
+        "--input file {d}/latin1.txt is not UTF-8 text (byte 3"),
     "predict input not utf-8": (
         "predict --model {d}/rte --input {d}/latin1.txt",
-        "--input {d}/latin1.txt is not UTF-8 text (byte 3"),
+        "--input file {d}/latin1.txt is not UTF-8 text (byte 3"),
     "embed input is a directory": (
-        "embed --model {d}/model --input {d}", "--input {d} is a directory, not a file"),
+        "embed --model {d}/model --input {d}", "--input file {d} is a directory, not a file"),
     "binary corpus for create-data": (
         "create-data --input {d}/garbage.bin --output {d}/cd --vocab {d}/model-vocab.txt",
         "input {d}/garbage.bin is not UTF-8 text (binary data?"),

@@ -101,7 +101,7 @@ def read_examples(args: argparse.Namespace, paired: bool) -> list[tuple[str, str
 
         path = Path(args.input)
         width = 2 if paired else 1
-        for lineno, line in enumerate(files.read_text(path, "--input").splitlines(), 1):
+        for lineno, line in enumerate(files.read_text(path, "--input file").splitlines(), 1):
             if not line.strip():
                 continue
             fields = line.split("\t")

@@ -77,7 +77,7 @@ def read_texts(args: argparse.Namespace) -> list[str]:
         from bert_jax import files
 
         texts += [line.rstrip("\r\n") for line in
-                  files.read_text(args.input, "--input").splitlines() if line.strip()]
+                  files.read_text(args.input, "--input file").splitlines() if line.strip()]
     return texts
 
 
