@@ -59,8 +59,8 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
         raise UserError(f"total_steps must be positive, got {total_steps}")
     if not 0 <= warmup <= total_steps:
         raise UserError(f"warmup_steps {warmup} must be in [0, total_steps={total_steps}]")
-    if not peak > 0:  # a negative lr ascends the loss: never what a run wants
-        raise UserError(f"--config.optimizer.lr={peak}: must be greater than 0")
+    if peak < 0:  # ascends the loss: never what a run wants (0 is: frozen weights)
+        raise UserError(f"--config.optimizer.lr={peak}: must be 0 or more")
     if decay not in ("linear", "cosine", "constant"):  # checked now, not at the first step
         raise UserError(f"unknown decay {decay!r}; choose linear, cosine or constant")
 

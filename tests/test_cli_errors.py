@@ -318,7 +318,7 @@ MORE_CASES = {
         "--config.train.on_nonfinite='skipp': choose stop or skip"),
     "negative learning rate (ran to the end, ascending the loss)": (
         "pretrain --workdir {d}/w --config.optimizer.lr=-1e-4",
-        "--config.optimizer.lr=-0.0001: must be greater than 0"),
+        "--config.optimizer.lr=-0.0001: must be 0 or more"),
     "unknown lr decay (failed inside the first jit trace)": (
         "pretrain --workdir {d}/w --config.optimizer.decay=cosin",
         "unknown decay 'cosin'; choose linear, cosine or constant"),
