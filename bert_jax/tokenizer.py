@@ -9,7 +9,6 @@ whitespace and punctuation, greedy longest-match WordPiece with `##` continuatio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,7 +102,10 @@ class Tokenizer:
             return tok
         lowercase = None
         if (d / "tokenizer_config.json").exists():
-            lowercase = json.loads((d / "tokenizer_config.json").read_text()).get("do_lower_case")
+            from bert_jax import files
+
+            lowercase = files.read_json(d / "tokenizer_config.json",
+                                        "tokenizer config").get("do_lower_case")
         if not (d / "vocab.txt").exists():
             raise UserError(f"{d} has neither tokenizer.json nor vocab.txt")
         return cls.from_vocab(d / "vocab.txt", lowercase=lowercase)

@@ -103,6 +103,7 @@ def test_resume_skips_a_damaged_latest_checkpoint(runs, tiny_data, tmp_path, cap
     assert len(skipped) == 1
     assert f"{workdir / 'checkpoints' / '4'}: it does not restore ({cause}" in skipped[0]
     assert "INFO bert_jax.train.pretrain: resumed from step 2" in err
+    assert "Metadata file does not exist" not in err
     assert (workdir / "checkpoints" / "4.damaged").is_dir()
     assert checkpoint.Checkpointer(workdir / "checkpoints").all_steps() == [2, 4, 6]
     # Resumed from 2, the run is the uninterrupted 6-step run, step for step.
@@ -212,3 +213,15 @@ def test_a_moved_workdir_resumes_exports_and_serves_fill_mask(runs, tiny_data, t
                                                   "--config.data.vocab=run/vocab.txt"))
     assert code == 0 and "resumed from step 4" in err
     assert checkpoint.Checkpointer(moved / "checkpoints").all_steps() == [2, 4, 6]
+
+
+def test_divergence_before_the_first_checkpoint_says_so(tiny_data, tmp_path, capsys):
+    """It said `the last good checkpoint (step None) is kept`."""
+    code, _, err = run_cli(capsys, *pretrain_argv(
+        tiny_data, tmp_path / "run", 4, "--config.optimizer.lr=1e30",
+        "--config.optimizer.warmup_steps=0", "--config.optimizer.clip_norm=0.0",
+        "--config.train.log_every=1", "--config.train.checkpoint_every=100"))
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("error: non-finite loss or gradients at step ")
+    assert "no checkpoint was saved yet (rerunning starts from step 0)" in line
+    assert "None" not in line
