@@ -16,6 +16,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from bert_jax import files
 from bert_jax.errors import UserError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -23,8 +24,6 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 def read_vocab(path: str | Path) -> dict[str, int]:
     """vocab.txt -> {token: id}; ids are line numbers, as in the original."""
-    from bert_jax import files
-
     path = Path(path)
     vocab: dict[str, int] = {}
     # split("\n"), not splitlines(): tokens may hold \x85, \u2028 and other line breaks.
@@ -102,8 +101,6 @@ class Tokenizer:
             return tok
         lowercase = None
         if (d / "tokenizer_config.json").exists():
-            from bert_jax import files
-
             lowercase = files.read_json(d / "tokenizer_config.json",
                                         "tokenizer config").get("do_lower_case")
         if not (d / "vocab.txt").exists():
@@ -112,8 +109,6 @@ class Tokenizer:
 
     def save(self, directory: str | Path) -> None:
         """Writes `vocab.txt` and `tokenizer.json` (both readable by transformers)."""
-        from bert_jax import files
-
         d = Path(directory)
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
         files.write_text_atomic(d / "vocab.txt", "".join(t + "\n" for t, _ in vocab))
