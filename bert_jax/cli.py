@@ -111,9 +111,8 @@ def setup_logging() -> None:
     handler.bert_jax = True
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    for noisy in ("absl", "jax", "orbax", "etils", "tensorstore", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root.setLevel(logging.WARNING)  # the libraries' INFO chatter stays out
+    logging.getLogger("bert_jax").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -348,3 +348,19 @@ def test_more_bad_input_is_one_line_and_exit_2(more_files, capsys, case):
     code, _, err = run(capsys, *argv.format(d=more_files).split(" "))
     assert code == 2
     assert message.format(d=more_files) in one_error_line(err)
+
+
+def test_device_out_of_memory_is_one_line_saying_what_to_lower(files, capsys, monkeypatch):
+    from bert_jax.train import pretrain
+
+    def oom(*_args, **_kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17179869184 bytes.\n"
+            "BufferAssignment OOM Debugging.\n...")
+
+    monkeypatch.setattr(pretrain, "run", oom)
+    code, _, err = run(capsys, "pretrain", "--workdir", str(files / "w"))
+    assert code == 2 and one_error_line(err) == (
+        "error: the device ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying "
+        "to allocate 17179869184 bytes.); lower the batch size, or split it with "
+        "--config.train.accum_steps, or set --config.model.remat=True")
