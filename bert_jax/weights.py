@@ -616,7 +616,16 @@ def workdir_config(path: str | Path) -> dict[str, Any] | None:
     from bert_jax import configlib
 
     p = Path(path).expanduser()
-    if not ((p / "checkpoints").is_dir() and (p / "config.json").is_file()):
+    if not (p / "config.json").is_file():
+        return None
+    if not (p / "checkpoints").is_dir():
+        try:
+            saved = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # not ours: the HF loader says what is wrong with it
+        if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+            raise UserError(f"{p} is a bert-jax workdir with no checkpoints yet: a run saves "
+                            "every --config.train.checkpoint_every steps and at its end")
         return None
     saved = configlib.read_saved(p)  # unreadable: a broken workdir, said in one line
     return saved if "model" in saved else None

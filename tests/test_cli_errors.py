@@ -325,6 +325,12 @@ MORE_CASES = {
     "model config.json not JSON (named twice)": (
         "fill-mask --model {d}/badjson w1 [MASK]",
         "{d}/badjson/config.json: not valid JSON (Expecting property name"),
+    "workdir killed before its first checkpoint (said 'holds no weights')": (
+        "fill-mask --model {d}/nockpt w1 [MASK]",
+        "{d}/nockpt is a bert-jax workdir with no checkpoints yet"),
+    "predict max length too small": (
+        "predict --model {d}/rte --max-length 2 a b",
+        "--max-length 2: must be at least 3 ([CLS] x [SEP])"),
     "workdir config.json not JSON (said 'holds no weights')": (
         "fill-mask --model {d}/badworkdir w1 [MASK]",
         "saved config {d}/badworkdir/config.json is not valid JSON (line 1"),
@@ -339,6 +345,9 @@ def more_files(files) -> Path:
     (files / "badjson" / "config.json").write_text("{bad")
     (files / "badworkdir" / "checkpoints").mkdir(parents=True)
     (files / "badworkdir" / "config.json").write_text("{bad")
+    (files / "nockpt").mkdir()
+    (files / "nockpt" / "config.json").write_text(json.dumps({"model": {"hidden_size": 32},
+                                                              "train": {}}))
     return files
 
 

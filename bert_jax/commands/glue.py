@@ -120,6 +120,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from bert_jax.data import glue
     from bert_jax.train import finetune
 
+    if args.max_length < 3:  # before the model loads
+        raise UserError(f"--max-length {args.max_length}: must be at least 3 ([CLS] x [SEP])")
     task, model = finetune.load_classifier(args.model, args.task)
     paired = next(iter(task.layouts.values())).text_b is not None
     examples = read_examples(args, paired)
