@@ -624,6 +624,10 @@ def workdir_config(path: str | Path) -> dict[str, Any] | None:
         except (OSError, ValueError):
             return None  # not ours: the HF loader says what is wrong with it
         if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+            if "task" in saved:
+                raise UserError(f"{p} is a fine-tuning run that did not keep its weights: "
+                                "run `bert-jax glue` with --config.save_checkpoint=True (or "
+                                "--export)")
             raise UserError(f"{p} is a bert-jax workdir with no checkpoints yet: a run saves "
                             "every --config.train.checkpoint_every steps and at its end")
         return None

@@ -328,6 +328,10 @@ MORE_CASES = {
     "workdir killed before its first checkpoint (said 'holds no weights')": (
         "fill-mask --model {d}/nockpt w1 [MASK]",
         "{d}/nockpt is a bert-jax workdir with no checkpoints yet"),
+    "glue run that kept no weights": (
+        "predict --model {d}/glue_run a b",
+        "{d}/glue_run is a fine-tuning run that did not keep its weights: run `bert-jax glue` "
+        "with --config.save_checkpoint=True"),
     "predict max length too small": (
         "predict --model {d}/rte --max-length 2 a b",
         "--max-length 2: must be at least 3 ([CLS] x [SEP])"),
@@ -345,6 +349,8 @@ def more_files(files) -> Path:
     (files / "badjson" / "config.json").write_text("{bad")
     (files / "badworkdir" / "checkpoints").mkdir(parents=True)
     (files / "badworkdir" / "config.json").write_text("{bad")
+    (files / "glue_run").mkdir()
+    (files / "glue_run" / "config.json").write_text(json.dumps({"model": {}, "task": "RTE"}))
     (files / "nockpt").mkdir()
     (files / "nockpt" / "config.json").write_text(json.dumps({"model": {"hidden_size": 32},
                                                               "train": {}}))
