@@ -67,7 +67,9 @@ def verify_readable(item: Path, batch: int = 64) -> None:
 
     if not (item / "manifest.ocdbt").exists():
         return  # not an OCDBT item: orbax's own errors are direct
-    store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{item.absolute()}/"}).result()
+    # A local directory, or a URL (gs://...) that tensorstore opens the same way.
+    base = str(item) if "://" in str(item) else f"file://{Path(item).absolute()}"
+    store = ts.KvStore.open({"driver": "ocdbt", "base": f"{base}/"}).result()
     keys = store.list().result()
     for start in range(0, len(keys), batch):
         reads = [store.read(key) for key in keys[start:start + batch]]
