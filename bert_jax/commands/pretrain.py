@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_pretrain)
 
     p = sub.add_parser("export", help="export a pre-training checkpoint to HF safetensors",
-                       description="Write <workdir>'s latest (or --step) checkpoint as an HF "
+                       description="Write <workdir>'s newest checkpoint that restores (or --step) "
+                                   "as an HF "
                                    "directory (config.json, model.safetensors, vocab.txt) that "
                                    "transformers' BertForPreTraining loads.")
     add_common(p, json=True, workdir="a `bert-jax pretrain` workdir to read (nothing in it "
