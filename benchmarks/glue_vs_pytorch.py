@@ -34,7 +34,7 @@ import numpy as np
 
 from bert_jax import configlib, glue_metrics
 from bert_jax.data import glue
-from bert_jax.files import write_json_atomic
+from bert_jax.files import write_json_atomic, write_text_atomic
 from bert_jax.train import finetune, glue_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,8 +312,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"bert_jax": jax_runs, "pytorch": torch_runs}))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+        write_text_atomic(args.out, report)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ class BertConfig:
         except FileNotFoundError:
             raise FileNotFoundError(f"config file not found: {path}") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+            raise ValueError(f"not valid JSON ({e})") from None
         return cls.from_dict(d, **overrides)
 
     def to_hf_dict(self, architectures: tuple[str, ...] = ("BertForPreTraining",)) -> dict:

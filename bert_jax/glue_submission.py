@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_jax import files
 from bert_jax.data.glue import TASKS, TaskSpec, get_task
 from bert_jax.errors import UserError
 
@@ -77,14 +78,10 @@ def write_predictions(task: str | TaskSpec, indices: Sequence[int | str], predic
         raise ValueError(f"{len(indices)} indices but {len(rows)} predictions for {name}")
     if len(set(indices)) != len(indices):
         raise ValueError(f"{name}: duplicate indices; pass each test example once")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    tmp = path.with_suffix(".tsv.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("index\tprediction\n")
-        f.writelines(f"{i}\t{p}\n" for i, p in zip(indices, rows))
-    tmp.replace(path)  # a half-written file never carries the final name
+    path = Path(out_dir) / name
+    # Atomic: a half-written file never carries the final name.
+    files.write_text_atomic(path, "index\tprediction\n" + "".join(
+        f"{i}\t{p}\n" for i, p in zip(indices, rows)))
     return path
 
 
@@ -104,8 +101,8 @@ def write_zip(out_dir: str | Path, zip_path: str | Path | None = None) -> Path:
     if missing:
         log.warning("the submission lacks %s; the GLUE server needs all %d files",
                     ", ".join(missing), len(SUBMISSION_FILES))
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with (files.atomic_path(zip_path) as tmp,
+          zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf):
         for name in present:
             zf.write(out_dir / name, arcname=name)
     return zip_path

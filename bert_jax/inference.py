@@ -113,11 +113,14 @@ class Buckets:
 # ---- pure model calls -------------------------------------------------------------------
 
 def _fill_mask(module: modeling.BertForPreTraining, params: Any, batch: dict[str, jax.Array],
-               top_k: int) -> tuple[jax.Array, jax.Array]:
-    """Top-k (probabilities, ids) at `batch["positions"]`: [B, P, k] each."""
+               top_k: int, num_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """Top-k (probabilities, ids) at `batch["positions"]`: [B, P, k] each. Only the first
+    `num_tokens` rows (the vocab's) are scored: the rest are padding, never predicted."""
     out = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                        batch["token_type_ids"], batch["positions"])
-    probs = jax.nn.softmax(out.mlm_logits.astype(jnp.float32), axis=-1)
+    logits = out.mlm_logits.astype(jnp.float32)
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < num_tokens, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1)
     return jax.lax.top_k(probs, top_k)
 
 
@@ -203,7 +206,7 @@ class Predictor:
         if self.head in ("pretraining", "mlm"):
             pretraining = modeling.BertForPreTraining(config, nsp=self.head == "pretraining")
             self._jit_fill_mask = self._jit("fill_mask", functools.partial(_fill_mask, pretraining),
-                                            static_argnames=("top_k",))
+                                            static_argnames=("top_k", "num_tokens"))
             self._jit_nsp = self._jit("nsp", functools.partial(_nsp, pretraining))
 
     def _jit(self, name: str, fn: Callable, **jit_kwargs: Any) -> Callable:
@@ -283,8 +286,10 @@ class Predictor:
         """
         self._need(("pretraining", "mlm"), "fill-mask")
         top_k = int(top_k)
-        if not 1 <= top_k <= self.config.vocab_size:
-            raise UserError(f"top_k must be between 1 and {self.config.vocab_size}, got {top_k}")
+        num_tokens = min(self.tokenizer.vocab_size, self.config.vocab_size)
+        if not 1 <= top_k <= num_tokens:
+            raise UserError(f"--top-k must be between 1 and {num_tokens} (the vocab size), "
+                            f"got {top_k}")
         encoded = self._encode(texts, None, strict)
         mask_id = self.tokenizer.mask_id
         positions = []
@@ -307,8 +312,8 @@ class Predictor:
             batch["positions"] = np.zeros((len(batch["input_ids"]), slots), np.int32)
             for row, i in enumerate(chunk):
                 batch["positions"][row, :len(positions[i])] = positions[i]
-            scores, ids = jax.device_get(self._jit_fill_mask(self.params, batch,
-                                                             top_k=top_k))
+            scores, ids = jax.device_get(self._jit_fill_mask(
+                self.params, batch, top_k=top_k, num_tokens=num_tokens))
             for row, i in enumerate(chunk):
                 results[i] = [
                     [{"token_id": int(t), "token_str": self._token_str(t), "score": float(s)}

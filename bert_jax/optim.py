@@ -59,6 +59,10 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
         raise UserError(f"total_steps must be positive, got {total_steps}")
     if not 0 <= warmup <= total_steps:
         raise UserError(f"warmup_steps {warmup} must be in [0, total_steps={total_steps}]")
+    if peak < 0:  # ascends the loss: never what a run wants (0 is: frozen weights)
+        raise UserError(f"--config.optimizer.lr={peak}: must be 0 or more")
+    if decay not in ("linear", "cosine", "constant"):  # checked now, not at the first step
+        raise UserError(f"unknown decay {decay!r}; choose linear, cosine or constant")
 
     def schedule(step):
         t = jnp.asarray(step, jnp.float32)
@@ -68,10 +72,8 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
             decayed = (peak - end) * (1.0 - frac) ** power + end
         elif decay == "cosine":
             decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-        elif decay == "constant":
+        else:  # constant
             decayed = jnp.asarray(peak, jnp.float32)
-        else:
-            raise UserError(f"unknown decay {decay!r}; choose linear, cosine or constant")
         if warmup == 0:
             return decayed
         return jnp.where(t < warmup, peak * t / warmup, decayed)

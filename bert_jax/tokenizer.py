@@ -9,7 +9,6 @@ whitespace and punctuation, greedy longest-match WordPiece with `##` continuatio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from bert_jax import files
 from bert_jax.errors import UserError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -25,13 +25,11 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 def read_vocab(path: str | Path) -> dict[str, int]:
     """vocab.txt -> {token: id}; ids are line numbers, as in the original."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"vocab file not found: {path}")
     vocab: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            token = line.rstrip("\n")
-            vocab.setdefault(token, i)  # a duplicate line keeps its first id, as HF does
+    # split("\n"), not splitlines(): tokens may hold \x85, \u2028 and other line breaks.
+    lines = files.read_text(path, "vocab file").split("\n")
+    for i, line in enumerate(lines[:-1] if lines[-1] == "" else lines):
+        vocab.setdefault(line, i)  # a duplicate line keeps its first id, as HF does
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise UserError(f"vocab {path} lacks the special tokens {missing}")
@@ -103,7 +101,8 @@ class Tokenizer:
             return tok
         lowercase = None
         if (d / "tokenizer_config.json").exists():
-            lowercase = json.loads((d / "tokenizer_config.json").read_text()).get("do_lower_case")
+            lowercase = files.read_json(d / "tokenizer_config.json",
+                                        "tokenizer config").get("do_lower_case")
         if not (d / "vocab.txt").exists():
             raise UserError(f"{d} has neither tokenizer.json nor vocab.txt")
         return cls.from_vocab(d / "vocab.txt", lowercase=lowercase)
@@ -111,10 +110,10 @@ class Tokenizer:
     def save(self, directory: str | Path) -> None:
         """Writes `vocab.txt` and `tokenizer.json` (both readable by transformers)."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
-        (d / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
-        self.backend.save(str(d / "tokenizer.json"))
+        files.write_text_atomic(d / "vocab.txt", "".join(t + "\n" for t, _ in vocab))
+        with files.atomic_path(d / "tokenizer.json") as tmp:
+            self.backend.save(str(tmp))
 
     # ---- use ----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from bert_jax import files
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
 from bert_jax.tokenizer import Tokenizer
@@ -322,8 +323,8 @@ def read_torch_bin(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _read_sharded(index: Path, reader) -> dict[str, np.ndarray]:
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    return {k: v for f in files for k, v in reader(index.parent / f).items()}
+    shard_files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return {k: v for f in shard_files for k, v in reader(index.parent / f).items()}
 
 
 # ---- reading TF checkpoints without TensorFlow -----------------------------------------
@@ -573,6 +574,9 @@ def locate(name_or_path: str | Path) -> Source:
     prefix = _tf_prefix(path)
     if prefix is not None:
         return Source(prefix.parent, "tf-checkpoint", prefix)
+    if path.is_file():
+        raise UserError(f"{path} is not a weights file: expected a .safetensors, .bin/.pt/.pth "
+                        "or TF checkpoint file, or a directory holding one")
     raise UserError(f"{path} holds no weights: expected model.safetensors, pytorch_model.bin "
                     "or a TF checkpoint (bert_model.ckpt.index + .data-*)")
 
@@ -599,7 +603,8 @@ def read_config(directory: Path, **overrides: Any) -> BertConfig:
                 raise UserError(f"bad config override: {e}") from None
             except ValueError as e:
                 raise UserError(f"{directory / name}: {e}") from None
-    raise UserError(f"{directory} has no config.json or bert_config.json next to the weights")
+    raise UserError(f"{directory.absolute()} has no config.json or bert_config.json next to "
+                    "the weights")
 
 
 # ---- bert-jax pre-training workdirs -----------------------------------------------------
@@ -608,14 +613,26 @@ def workdir_config(path: str | Path) -> dict[str, Any] | None:
     """The saved config.json of a bert-jax run directory (orbax checkpoints plus a config
     with a "model" section: a pre-training workdir, or a fine-tuning run with "task"
     too), or None for any other path."""
+    from bert_jax import configlib
+
     p = Path(path).expanduser()
-    if not ((p / "checkpoints").is_dir() and (p / "config.json").is_file()):
+    if not (p / "config.json").is_file():
         return None
-    try:
-        saved = json.loads((p / "config.json").read_text())
-    except json.JSONDecodeError:
+    if not (p / "checkpoints").is_dir():
+        try:
+            saved = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # not ours: the HF loader says what is wrong with it
+        if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+            if "task" in saved:
+                raise UserError(f"{p} is a fine-tuning run that did not keep its weights: "
+                                "run `bert-jax glue` with --config.save_checkpoint=True (or "
+                                "--export)")
+            raise UserError(f"{p} is a bert-jax workdir with no checkpoints yet: a run saves "
+                            "every --config.train.checkpoint_every steps and at its end")
         return None
-    return saved if isinstance(saved, dict) and "model" in saved else None
+    saved = configlib.read_saved(p)  # unreadable: a broken workdir, said in one line
+    return saved if "model" in saved else None
 
 
 def is_workdir(path: str | Path) -> bool:
@@ -627,9 +644,9 @@ def read_workdir(path: Path, **overrides: Any
                  ) -> tuple[dict[str, np.ndarray], BertConfig, str | None]:
     """The latest checkpoint of a pre-training workdir as an HF state dict, its model
     config, and the vocab its data was made with."""
-    from bert_jax import checkpoint
+    from bert_jax import checkpoint, configlib
 
-    saved = json.loads((path / "config.json").read_text())
+    saved = configlib.read_saved(path)
     try:
         config = BertConfig(**{**saved["model"], **overrides})
     except (TypeError, ValueError) as e:
@@ -640,6 +657,36 @@ def read_workdir(path: Path, **overrides: Any
 
 
 # ---- the entry points -------------------------------------------------------------------
+
+VOCAB_ROW_MULTIPLE = 128  # embeddings are padded to a multiple of this (8..128) at most
+
+
+def check_vocab_rows(tokens: int, rows: int, vocab_file: str | Path) -> str | None:
+    """Checks that a vocab of `tokens` fits word embeddings of `rows` rows.
+
+    Rows past the vocab up to the next multiple of 128 are padding for accelerators (the
+    TF toy checkpoint: 14 tokens, 15 rows); inference never predicts them. More rows than
+    that, or more tokens than rows, means the wrong vocab: a UserError. Returns a note
+    for padding, else None.
+    """
+    padded = -(-tokens // VOCAB_ROW_MULTIPLE) * VOCAB_ROW_MULTIPLE
+    if tokens > rows:
+        raise UserError(f"{vocab_file} has {tokens} tokens but the word embeddings have "
+                        f"{rows} rows: wrong vocab for these weights")
+    if rows > padded:
+        raise UserError(f"{vocab_file} has {tokens} tokens but the word embeddings have "
+                        f"{rows} rows (padding goes to {padded} at most): wrong vocab for "
+                        "these weights")
+    if rows > tokens:
+        return (f"the vocab has {tokens} tokens, the embeddings {rows} rows (the "
+                f"{rows - tokens} padding rows are never predicted)")
+    return None
+
+
+def _vocab_file(directory: Path) -> Path:
+    return directory / ("tokenizer.json" if (directory / "tokenizer.json").exists()
+                        else "vocab.txt")
+
 
 @dataclasses.dataclass
 class Pretrained:
@@ -685,13 +732,10 @@ def load_pretrained(name_or_path: str | Path, head: str = "pretraining", *, rng:
     if vocab is not None or any((directory / f).exists()
                                 for f in ("tokenizer.json", "vocab.txt")):
         tokenizer = Tokenizer.from_vocab(vocab) if vocab else Tokenizer.from_dir(directory)
-        if tokenizer.vocab_size > config.vocab_size:
-            raise UserError(f"the vocab has {tokenizer.vocab_size} tokens but the word "
-                            f"embeddings have {config.vocab_size} rows: wrong vocab for "
-                            "these weights")
-        if tokenizer.vocab_size < config.vocab_size:  # padded embeddings: harmless
-            report.notes.append(f"the vocab has {tokenizer.vocab_size} tokens, the embeddings "
-                                f"{config.vocab_size} rows (the extra rows are never used)")
+        note = check_vocab_rows(tokenizer.vocab_size, config.vocab_size,
+                                vocab or _vocab_file(directory))
+        if note:
+            report.notes.append(note)
     else:
         report.notes.append(f"no vocab.txt or tokenizer.json in {directory}")
     return Pretrained(config, params, tokenizer, report, head)
@@ -709,19 +753,19 @@ def save_pretrained(directory: str | Path, config: BertConfig, params: Any,
 
     if head not in HEADS:
         raise UserError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    d = files.check_writable_dir(directory)
     sd = flax_to_hf(params)
     if head == "mlm":
         sd = {k: v for k, v in sd.items() if not k.startswith("bert.pooler.")}
-    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with files.atomic_path(d / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
     hf = config.to_hf_dict(architectures=(ARCHITECTURES[head],))
-    (d / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    files.write_json_atomic(d / "config.json", hf)
     if tokenizer is not None:
         tokenizer.save(d)
         lowercase = bool(json.loads(tokenizer.backend.to_str())
                          .get("normalizer", {}).get("lowercase", False))
-        (d / "tokenizer_config.json").write_text(json.dumps({
+        files.write_json_atomic(d / "tokenizer_config.json", {
             "tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
-            "model_max_length": config.max_position_embeddings}, indent=2) + "\n")
+            "model_max_length": config.max_position_embeddings})
     return d

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bert_jax import files
 from bert_jax.train.writer import read_metrics
 from experiments import variants
 
@@ -98,7 +99,7 @@ def write_csv(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Pa
         name = re.sub(r"[^A-Za-z0-9]+", "_", metric).strip("_")  # mean(f1,accuracy) -> ...
         head += [f"{task}_{name}_mean", f"{task}_{name}_std", f"{task}_seeds"]
     head += ["glue_average", "pretrain_minutes", "glue_minutes", "workdir"]
-    with open(path, "w", newline="") as f:
+    with files.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(head)
         for r in rows:
@@ -140,7 +141,7 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], pat
         f"Each row's files: `{study_dir}/<variant>/` (pretrain/config.json, "
         "pretrain/metrics.jsonl, eval.json, glue/summary.json).",
     ]
-    path.write_text("\n".join(lines + notes) + "\n")
+    files.write_text_atomic(path, "\n".join(lines + notes) + "\n")
 
 
 def _colors(n: int) -> list[Any]:
@@ -175,7 +176,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -205,5 +207,6 @@ def plot_glue(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Pa
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

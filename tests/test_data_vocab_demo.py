@@ -37,6 +37,16 @@ def test_trained_vocab_loads_and_is_cased_right(tmp_path, lowercase):
     assert sum(len(tok.tokenize(w)) == 1 for w in words) > 0.95 * len(words)
 
 
+def test_trained_vocab_is_byte_identical_on_every_run(tmp_path):
+    """The tokenizers trainer alone gave a different vocab (order and set) on each run,
+    in-process too; three runs of the demo vocab must agree byte for byte."""
+    runs = [train_vocab([str(demo_corpus_path())], tmp_path / str(i), vocab_size=1024)
+            .read_bytes() for i in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    tokens = runs[0].decode().split("\n")[:-1]
+    assert tokens[:5] == list(SPECIAL_TOKENS) and len(tokens) == len(set(tokens)) <= 1024
+
+
 def test_cli_train_vocab_then_create_data(tmp_path, capsys):
     corpus = str(demo_corpus_path())
     assert cli.main(["train-vocab", "--input", corpus, "--output", str(tmp_path / "v"),
@@ -70,3 +80,25 @@ def test_cli_documents_format(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     sentences = sum(len(d.split("\n")) for d in docs)
     assert stats["documents"] == 50 and stats["sentences"] == sentences
+
+
+def test_demo_data_rewrites_a_text_file_a_kill_cut_short(tmp_path):
+    """The demo's text files were reused because they existed: a file cut short by a
+    kill was used silently. Now they are written atomically and rewritten when they
+    differ from the packaged corpus's split."""
+    from bert_jax import configlib
+    from bert_jax.train.pretrain import prepare_demo_data
+
+    config = configlib.load("configs/pretrain.py:demo", ["--config.data.demo_dupe_factor=1",
+                                                          "--config.data.demo_max_seq_length=32",
+                                                          "--config.data.demo_max_predictions=5"])
+    prepare_demo_data(config, tmp_path)
+    data = tmp_path / "data"
+    train = (data / "demo_train.txt").read_bytes()
+    vocab = (data / "vocab" / "vocab.txt").read_bytes()
+    (data / "demo_train.txt").write_bytes(train[:1000])  # what a kill mid-write left
+    prepare_demo_data(config, tmp_path)
+    assert (data / "demo_train.txt").read_bytes() == train
+    assert (data / "vocab" / "vocab.txt").read_bytes() == vocab
+    assert config.data.vocab == str(data / "vocab" / "vocab.txt")
+    assert not [p for p in data.rglob(".tmp-*")]

@@ -277,6 +277,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path, flag, value, message):
 def test_predict_errors(sweep, tiny_model, tmp_path):
     export = sweep["export"] / "MNLI"
     code, _, err = run_cli("predict", "--model", export, "--task", "SST-2", "a text")
+    assert code == 2 and f"--task SST-2: {export} was fine-tuned on MNLI" in err
+    # The label count is still checked where the model does not name its task.
+    unnamed = tmp_path / "unnamed"
+    shutil.copytree(export, unnamed)
+    hf = json.loads((unnamed / "config.json").read_text())
+    del hf["finetuning_task"]
+    (unnamed / "config.json").write_text(json.dumps(hf))
+    code, _, err = run_cli("predict", "--model", unnamed, "--task", "SST-2", "a text")
     assert code == 2 and "predicts 3 labels but SST-2 has 2" in err
     code, _, err = run_cli("predict", "--model", tiny_model, "--task", "RTE", "a", "b")
     assert code == 2 and "no classifier weights" in err

@@ -26,7 +26,7 @@ from bert_jax import checkpoint, configlib, data
 from bert_jax.errors import EXIT_RESUMABLE, UserError
 from bert_jax.tokenizer import Tokenizer
 from bert_jax.train import pretrain
-from bert_jax.train.writer import read_metrics
+from bert_jax.train.writer import read_metrics, without_timing
 
 VOCAB_SIZE = 320  # the model's; the trained vocab is at most this
 
@@ -76,9 +76,7 @@ def assert_same_params(a, b) -> None:
 
 def train_records(workdir: Path) -> dict[int, dict]:
     """step -> train metrics, without the timing fields (those differ between runs)."""
-    timing = {"time", "seq_per_s", "tokens_per_s", "mfu", "step_s", "data_wait_s", "device_s"}
-    return {r["step"]: {k: v for k, v in r.items() if k not in timing}
-            for r in read_metrics(workdir) if r["split"] == "train"}
+    return {r["step"]: without_timing(r) for r in read_metrics(workdir) if r["split"] == "train"}
 
 
 @pytest.fixture(scope="module")

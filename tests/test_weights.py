@@ -388,7 +388,7 @@ BAD = {
                     "config hidden_size=64 but the checkpoint has 32"),
     "layer count": (lambda d: _edit_config(d, num_hidden_layers=1),
                     "config num_hidden_layers=1 but the checkpoint has 2 layers"),
-    "vocab size": (_bad_vocab, "the vocab has 130 tokens but the word embeddings have 128 rows"),
+    "vocab size": (_bad_vocab, "vocab.txt has 130 tokens but the word embeddings have 128 rows"),
     "unexpected tensor": (lambda d: _edit_weights(d, _unexpected),
                           "unexpected tensor encoder.layer.0.attention.self.rotary.weight [4, 4]"),
     "mis-shaped tensor": (lambda d: _edit_weights(d, _misshaped),

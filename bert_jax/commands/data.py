@@ -18,46 +18,61 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "resumable). Re-running the same command continues an interrupted run.")
     p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
                    help="text files or globs (quote globs)")
-    p.add_argument("--output", required=True, help="output directory for the dataset")
+    p.add_argument("--output", required=True,
+                   help="output directory for the dataset (re-running continues it)")
     p.add_argument("--vocab", default=None,
                    help="vocab.txt, or a model directory with tokenizer.json/vocab.txt "
                         f"(default: the released {RELEASED_VOCAB} vocab, from the HF cache "
                         "or the hub)")
     p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
                    help="lower-case the text (default: inferred from the vocab)")
-    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-seq-length", type=int, default=128,
+                   help="tokens per instance, [CLS] and [SEP]s included (default 128)")
     p.add_argument("--max-predictions", type=int, default=20,
-                   help="max masked positions per sequence (use 80 with 512)")
-    p.add_argument("--masked-lm-prob", type=float, default=0.15)
+                   help="max masked positions per sequence (default 20; use 80 with 512)")
+    p.add_argument("--masked-lm-prob", type=float, default=0.15,
+                   help="fraction of tokens masked (default 0.15)")
     p.add_argument("--dupe-factor", type=int, default=10,
-                   help="passes over the data, each with new masks and pairs")
-    p.add_argument("--short-seq-prob", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--whole-word", action="store_true", help="whole-word masking")
+                   help="passes over the data, each with new masks and pairs (default 10)")
+    p.add_argument("--short-seq-prob", type=float, default=0.1,
+                   help="fraction of instances made shorter than the maximum (default 0.1)")
+    p.add_argument("--seed", type=int, default=12345,
+                   help="random seed: the same seed and input give the same data "
+                        "(default 12345)")
+    p.add_argument("--whole-word", action="store_true",
+                   help="whole-word masking (default: mask word pieces independently)")
     p.add_argument("--masking", choices=("static", "dynamic"), default="static",
                    help="static: masks fixed now (the original); dynamic: the loader draws "
-                        "masks each time it sees an example")
+                        "masks each time it sees an example (default static)")
     p.add_argument("--no-nsp", action="store_true",
-                   help="no next-sentence pairs: single segments that fill the length")
+                   help="no next-sentence pairs: single segments that fill the length "
+                        "(default: NSP pairs)")
     p.add_argument("--input-format", choices=("sentences", "documents", "wikitext"),
                    default="sentences",
                    help="sentences: one per line, blank line between documents; "
-                        "documents: one per line; wikitext: ' = Title = ' starts a document")
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
+                        "documents: one per line; wikitext: ' = Title = ' starts a document "
+                        "(default sentences)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--instances-per-shard", type=int, default=None,
                    help="about this many instances per shard (default 16384)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on stderr)")
     add_common(p, json=True)
     p.set_defaults(func=run_create_data)
 
     p = sub.add_parser("train-vocab", help="train a WordPiece vocab on text",
                        description="Learn a BERT WordPiece vocab.txt (with [PAD], [UNK], "
                                    "[CLS], [SEP], [MASK]) with the tokenizers trainer.")
-    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB")
-    p.add_argument("--output", required=True, help="directory for vocab.txt")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--lowercase", action="store_true", help="an uncased vocab")
-    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
+                   help="UTF-8 text files or globs (quote globs)")
+    p.add_argument("--output", required=True,
+                   help="directory for vocab.txt and tokenizer_config.json (made if missing)")
+    p.add_argument("--vocab-size", type=int, default=8000,
+                   help="at most this many tokens, the 5 special ones included (default 8000)")
+    p.add_argument("--lowercase", action="store_true",
+                   help="an uncased vocab (default: cased)")
+    p.add_argument("--min-frequency", type=int, default=2,
+                   help="a piece must occur this often to be learnt (default 2)")
     add_common(p, json=True)
     p.set_defaults(func=run_train_vocab)
 
@@ -107,11 +122,8 @@ def _released_vocab() -> str | None:
 
 
 def run_create_data(args: argparse.Namespace) -> int:
-    import logging
-
     from bert_jax.data import create, documents
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     documents.expand_inputs(args.input)  # a missing input fails before the vocab loads
     tokenizer = load_tokenizer(args.vocab, args.lowercase)
     stats = create.create_pretraining_data(

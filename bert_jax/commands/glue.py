@@ -31,7 +31,9 @@ DEFAULT_CONFIG = "configs/glue.py:default"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("glue", help="fine-tune and evaluate on GLUE tasks (lr x seed sweeps)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, config=DEFAULT_CONFIG, workdir=True, model=True, json=True)
+    add_common(p, config=DEFAULT_CONFIG, model=True, json=True,
+               workdir="directory for the runs (<task>/lr<lr>_seed<seed>/) and the reports; "
+                       "finished runs there are kept, unfinished ones start over")
     p.add_argument("--task", required=True,
                    help="a GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI), "
                         "a comma list, or all")
@@ -62,18 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _quiet_logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("jax._src", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # orbax warns (via absl) of a missing metadata file on every params-only restore.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
 def run_glue(args: argparse.Namespace) -> int:
-    from bert_jax import configlib
+    from bert_jax import configlib, files
     from bert_jax.train import glue_sweep
 
     # Everything the command line says is checked before a model is loaded.
@@ -83,8 +75,9 @@ def run_glue(args: argparse.Namespace) -> int:
     if not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a directory (expected the GLUE "
                         "layout: CoLA/, SST-2/, ...)")
-    _quiet_logging()
-    config = configlib.load(args.config, args.config_overrides)
+    files.check_writable_dir(args.workdir, "--workdir", create=False)
+    config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
+    glue_sweep.check_config(config)
     summary = glue_sweep.sweep(config, tasks, args.model, args.data_dir, args.workdir, lrs=lrs,
                                seeds=seeds, predict_test=args.predict_test, export=args.export,
                                progress=not args.no_progress)
@@ -104,11 +97,11 @@ def read_examples(args: argparse.Namespace, paired: bool) -> list[tuple[str, str
                             f"{len(args.texts)} texts), or --input FILE with A<TAB>B lines")
         examples += [(args.texts[0], args.texts[1])] if paired else [(t, None) for t in args.texts]
     if args.input:
+        from bert_jax import files
+
         path = Path(args.input)
-        if not path.is_file():
-            raise UserError(f"input file not found: {path}")
         width = 2 if paired else 1
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(files.read_text(path, "--input file").splitlines(), 1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -127,6 +120,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from bert_jax.data import glue
     from bert_jax.train import finetune
 
+    if args.max_length < 3:  # before the model loads
+        raise UserError(f"--max-length {args.max_length}: must be at least 3 ([CLS] x [SEP])")
     task, model = finetune.load_classifier(args.model, args.task)
     paired = next(iter(task.layouts.values())).text_b is not None
     examples = read_examples(args, paired)

@@ -17,7 +17,6 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bert_jax import cli
@@ -75,11 +74,10 @@ def read_texts(args: argparse.Namespace) -> list[str]:
         else:
             texts.append(t)
     if getattr(args, "input", None):
-        path = Path(args.input)
-        if not path.is_file():
-            raise UserError(f"input file not found: {path}")
-        texts += [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()
-                  if line.strip()]
+        from bert_jax import files
+
+        texts += [line.rstrip("\r\n") for line in
+                  files.read_text(args.input, "--input file").splitlines() if line.strip()]
     return texts
 
 
@@ -243,7 +241,10 @@ def plot_attention(maps, tokens: list[str], path: str, *, title: str, average: b
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
         ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     fig.suptitle(f"attention, {title} (row attends to column)")
+    from bert_jax import files
+
     try:
-        fig.savefig(path, dpi=100)
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e}") from None
+        raise UserError(f"cannot write {path}: {e.strerror}") from None

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_jax import files as file_io
 from bert_jax.data import documents, instances, shards
 from bert_jax.data.masking import MaskingRules
 from bert_jax.errors import UserError
@@ -156,7 +157,8 @@ def create_pretraining_data(
         never_mask=(tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id),
         max_predictions=max_predictions_per_seq, masked_lm_prob=masked_lm_prob,
         whole_word=whole_word_masking, is_continuation=is_continuation > 0)
-    np.save(root / "is_continuation.npy", is_continuation)
+    with file_io.atomic_path(root / "is_continuation.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, is_continuation)
     base = {"format": shards.FORMAT, **knobs, **facts, "token_dtype": dtype.str}
     shards.write_json_atomic(root / shards.METADATA, {**base, "complete": False})
 

@@ -201,5 +201,7 @@ def demo_corpus_path() -> Path:
 
 
 if __name__ == "__main__":
-    demo_corpus_path().write_text(generate(), encoding="utf-8")
+    from bert_jax import files
+
+    files.write_text_atomic(demo_corpus_path(), generate())
     print(f"wrote {demo_corpus_path()}")

@@ -59,6 +59,25 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in (p.strip() for p in pieces) if s]
 
 
+SNIFF_BYTES = 1 << 16
+
+
+def check_text(path: Path) -> None:
+    """Refuses a file whose start is not text: a NUL byte, or more than 1% of it (and
+    more than 8 characters) not decodable as UTF-8. Binary data would otherwise be
+    read as thousands of lines of noise with only warnings. A few stray bytes (a
+    Latin-1 accent) stay what they were: dropped and counted."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    text = head.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    nul = b"\0" in head
+    if nul or (bad > 8 and bad > len(text) // 100):
+        raise UserError(f"input {path} is not UTF-8 text (binary data? {bad} undecodable "
+                        f"characters{' and NUL bytes' if nul else ''} in its first "
+                        f"{len(head):,} bytes)")
+
+
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
     """Files named by paths or globs, in the order given (each glob sorted)."""
     files: list[Path] = []
@@ -73,6 +92,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             if path.is_dir():
                 raise UserError(f"input {path} is a directory; give files or a glob "
                                 f"such as '{path}/*.txt'")
+            check_text(path)
             files.append(path)
     if not files:
         raise UserError("no input files given")

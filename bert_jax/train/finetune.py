@@ -212,7 +212,7 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
                                      config.eval_batch_size, tuple(config.length_buckets))
                 tests.append({"task": name, "split": split, "index": data[key]["guid"].tolist(),
                               "prediction": to_predictions(task, logits).tolist()})
-        (workdir / "test_predictions.json").write_text(json.dumps(tests))
+        files.write_text_atomic(workdir / "test_predictions.json", json.dumps(tests))
     if config.save_checkpoint:
         from bert_jax import checkpoint
         ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
@@ -332,7 +332,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     hf["label2id"] = {name: i for i, name in enumerate(names)}
     hf["finetuning_task"] = task.name
     hf["problem_type"] = "regression" if task.is_regression else "single_label_classification"
-    path.write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    files.write_json_atomic(path, hf)
     return out
 
 
@@ -351,7 +351,7 @@ def load_classifier(name_or_path: str | Path, task: str | None = None
             raise UserError(f"{name_or_path} has no classifier weights: it is not a fine-tuned "
                             "model (export one with `bert-jax glue ... --export DIR`)")
         directory = Path(weights.locate(name_or_path).directory)
-        hf = json.loads((directory / "config.json").read_text()) \
+        hf = files.read_json(directory / "config.json", "model config") \
             if (directory / "config.json").exists() else {}
         model_task = glue.get_task(hf["finetuning_task"]) if hf.get("finetuning_task") else None
     chosen = glue.get_task(task) if task else model_task
@@ -360,6 +360,11 @@ def load_classifier(name_or_path: str | Path, task: str | None = None
                         "pass --task")
     if chosen.train_split is None:  # AX: the MNLI model predicts it, with MNLI's labels
         chosen = glue.get_task("MNLI")
+    if model_task is not None and chosen.name != model_task.name:
+        # Same label count or not, another task's classifier gives meaningless labels.
+        raise UserError(f"--task {task}: {name_or_path} was fine-tuned on {model_task.name}; "
+                        f"drop --task (or pass --task {model_task.name}), or use a "
+                        f"{chosen.name} model")
     if model.config.num_labels != chosen.num_labels:
         raise UserError(f"{name_or_path} predicts {model.config.num_labels} labels but "
                         f"{chosen.name} has {chosen.num_labels}: wrong --task for this model")

@@ -99,6 +99,20 @@ def parse_seeds(text: str) -> tuple[int, ...]:
                        lambda seed: None if seed >= 0 else f"a seed must be >= 0, got {seed}")
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """The sizes a sweep divides by or loops over: each must be positive (a batch size
+    of 0 divided by zero; a negative one looped forever)."""
+    for field in ("batch_size", "eval_batch_size", "max_seq_length", "epochs", "log_every"):
+        value = config.get(field)
+        if value is not None and not value > 0:
+            raise UserError(f"--config.{field}={value}: must be greater than 0")
+    if not 0 <= config.warmup_proportion <= 1:
+        raise UserError(f"--config.warmup_proportion={config.warmup_proportion}: must be "
+                        "between 0 and 1")
+    if config.train_limit < 0:
+        raise UserError(f"--config.train_limit={config.train_limit}: must be 0 (all) or more")
+
+
 def run_dir(workdir: str | Path, task: str, lr: float, seed: int) -> Path:
     """`<workdir>/<task>/lr<lr>_seed<seed>`, e.g. runs/glue/RTE/lr2e-05_seed1."""
     return Path(workdir) / glue.get_task(task).name / f"lr{lr:g}_seed{seed}"
@@ -118,6 +132,7 @@ def sweep(config: ml_collections.ConfigDict, tasks: Sequence[str], model: str,
     """
     from bert_jax.train import finetune
 
+    check_config(config)
     tasks = [glue.get_task(t).name for t in tasks]
     lrs = tuple(float(x) for x in (config.lrs if lrs is None else lrs))
     seeds = tuple(int(x) for x in (config.seeds if seeds is None else seeds))
@@ -301,8 +316,8 @@ def write_reports(summary: dict[str, Any], workdir: str | Path) -> None:
     """summary.json (atomically), results.md, results.csv and results.png in `workdir`."""
     workdir = Path(workdir)
     files.write_json_atomic(workdir / "summary.json", summary)
-    (workdir / "results.md").write_text(markdown(summary))
-    (workdir / "results.csv").write_text(to_csv(summary))
+    files.write_text_atomic(workdir / "results.md", markdown(summary))
+    files.write_text_atomic(workdir / "results.csv", to_csv(summary))
     plot(summary, workdir / "results.png")
 
 
@@ -353,7 +368,8 @@ def plot(summary: dict[str, Any], path: str | Path) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.savefig(path, dpi=110)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 # ---- the test-server files --------------------------------------------------------------

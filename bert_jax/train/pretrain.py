@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import checkpoint, configlib, flops, optim, runtime, sharding
+from bert_jax import checkpoint, configlib, files, flops, optim, runtime, sharding
 from bert_jax import model as model_lib
 from bert_jax.data.prefetch import Prefetcher
 from bert_jax.errors import Stopped, UserError
@@ -69,8 +69,26 @@ class Phase:
     eval: str
 
 
+def check_train(config: ml_collections.ConfigDict) -> None:
+    """The train and optimizer sections, before any work: a step count of 0 would divide
+    by zero after the first (slow) step, a batch of 0 fail after the data is built."""
+    t = config.train
+    for field in ("total_steps", "batch_size", "log_every", "eval_every", "eval_batches",
+                  "checkpoint_every", "keep_checkpoints", "accum_steps"):
+        if not int(t[field]) > 0:
+            raise UserError(f"--config.train.{field}={t[field]}: must be greater than 0")
+    if int(t.phase2_start) > 0 and not int(t.phase2_batch_size) > 0:
+        raise UserError(f"--config.train.phase2_batch_size={t.phase2_batch_size}: must be "
+                        "greater than 0")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"--config.train.on_nonfinite={t.on_nonfinite!r}: choose stop or skip")
+    optim.build(config.optimizer, int(t.total_steps))  # its own checks (lr, warmup, decay)
+
+
 def plan_phases(config: ml_collections.ConfigDict) -> list[Phase]:
-    """Phase 1 (the 128 data) and, if `phase2_start` is set, phase 2 (the 512 data)."""
+    """Phase 1 (the 128 data) and, if `phase2_start` is set, phase 2 (the 512 data);
+    the train section checked first (`check_train`)."""
+    check_train(config)
     t, d = config.train, config.data
     total, split = int(t.total_steps), int(t.phase2_start)
     if not d.train:
@@ -98,13 +116,15 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
     if jax.process_index() == 0:
         root.mkdir(parents=True, exist_ok=True)
         train_txt, eval_txt = root / "demo_train.txt", root / "demo_eval.txt"
-        if not eval_txt.exists():
-            # Hold out every 20th document for evaluation.
-            docs = data.demo_corpus_path().read_text(encoding="utf-8").strip().split("\n\n")
-            train_txt.write_text("\n\n".join(x for i, x in enumerate(docs) if i % 20) + "\n")
-            eval_txt.write_text("\n\n".join(x for i, x in enumerate(docs) if i % 20 == 0) + "\n")
+        # Hold out every 20th document for evaluation. Written atomically, and rewritten
+        # whenever they differ from the packaged corpus's split (never trusted for existing).
+        docs = data.demo_corpus_path().read_text(encoding="utf-8").strip().split("\n\n")
+        for path, keep in ((train_txt, lambda i: i % 20 != 0), (eval_txt, lambda i: i % 20 == 0)):
+            text = "\n\n".join(x for i, x in enumerate(docs) if keep(i)) + "\n"
+            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+                files.write_text_atomic(path, text)
         vocab = root / "vocab" / "vocab.txt"
-        if not vocab.exists():
+        if not vocab.exists():  # written atomically: present means complete
             data.train_vocab([str(train_txt)], root / "vocab", vocab_size=d.demo_vocab_size)
         tokenizer = Tokenizer.from_vocab(vocab)
         if tokenizer.vocab_size > config.model.vocab_size:
@@ -281,8 +301,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
                     if bad and t.on_nonfinite == "stop":
                         raise DivergedError(
                             f"non-finite loss or gradients at step {bad[0]}; the update was "
-                            f"not applied and the last good checkpoint (step "
-                            f"{ckpt.latest_step()}) is kept. Lower the lr, or pass "
+                            f"not applied and {_last_good(ckpt)}. Lower the lr, or pass "
                             "--config.train.on_nonfinite=skip to skip such steps")
                     good = [m for _, m in records if m["finite"]] or [records[-1][1]]
                     last = {k: float(np.mean([m[k] for m in good])) for k in good[0]}
@@ -332,6 +351,13 @@ def step_times(elapsed: float, data_wait: float, steps: int) -> dict[str, float]
     step_s = elapsed / steps
     data_wait_s = min(data_wait / steps, step_s)
     return {"step_s": step_s, "data_wait_s": data_wait_s, "device_s": step_s - data_wait_s}
+
+
+def _last_good(ckpt: checkpoint.Checkpointer) -> str:
+    step = ckpt.latest_step()
+    if step is None:
+        return "no checkpoint was saved yet (rerunning starts from step 0)"
+    return f"the last good checkpoint (step {step}) is kept"
 
 
 def evaluate(config: ml_collections.ConfigDict, eval_step, params: Any, phase: Phase,

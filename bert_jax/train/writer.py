@@ -7,6 +7,10 @@ scalars `<split>/<name>` in `<workdir>/tensorboard/`. Only process 0 writes.
 The workdir may be a URL (gs://...; see paths.py). Object stores cannot append, so there
 the file is written whole at each record (the lines so far are kept in memory; a file of
 a few thousand records); a local file is appended to, line-buffered.
+
+Every field but the `TIMING_FIELDS` (wall-clock time and throughput) is a function of
+the config and the data alone: two runs of the same command write equal records once
+those are dropped (`without_timing`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from typing import Any
 import jax
 
 from bert_jax.paths import as_path, is_local
+
+# Wall-clock fields; the step-time split (step_s, data_wait_s, device_s) comes from the
+# prefetching loop (pretrain.step_times).
+TIMING_FIELDS = frozenset({"time", "seq_per_s", "tokens_per_s", "mfu", "step_s", "data_wait_s",
+                           "device_s"})
+
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics record without the fields that depend on the machine's speed."""
+    return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
 
 def _clean(value: Any) -> Any:
