@@ -27,7 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bert_jax.errors import UserError
-from bert_jax.paths import as_path
+from bert_jax.paths import as_path, is_local
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True) -> None:
         self.directory = as_path(directory)  # gs://... stays a URL
-        if self.directory.exists() and not self.directory.is_dir():
+        if is_local(directory) and self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"{self.directory} is a file: a checkpoint directory is needed")
         self.manager = ocp.CheckpointManager(
             self.directory,
