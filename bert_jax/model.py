@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bert_jax import sharding
 from bert_jax.config import BertConfig
 
 Array = jax.Array
@@ -138,7 +139,10 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         threshold = round(self.rate * 65536)  # drop where the 16 bits are below it
         keep_prob = 1.0 - threshold / 65536
-        bits = _random_uint16(self.make_rng("dropout"), x.shape)
+        # Inside the step's shard_map over `data`, x is this shard's rows of the batch:
+        # counting from its first row's global index draws the global mask's rows.
+        bits = _random_uint16(self.make_rng("dropout"), x.shape,
+                              sharding.manual_row_offset(x.shape[0]))
         return jnp.where(bits >= threshold, x / keep_prob, 0).astype(x.dtype)
 
 
@@ -161,13 +165,15 @@ def threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Arr
     return x0, x1
 
 
-def _random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
-    """Uniform 16-bit draws: threefry2x32 of counter (0, j) gives elements 4j .. 4j+3."""
+def _random_uint16(key: Array, shape: tuple[int, ...], row_offset: Array | int = 0) -> Array:
+    """Uniform 16-bit draws: threefry2x32 of counter (0, j) gives elements 4j .. 4j+3;
+    `row_offset` rows of `shape` come before these (rows of a larger, sharded array)."""
     *lead, n = shape
     blocks = (*lead, -(-n // 4))
     if math.prod(blocks) >= 2**32:
         raise ValueError(f"dropout mask {shape} needs more than 2**32 threefry counters")
-    counter = jnp.zeros(blocks, jnp.uint32)
+    row = math.prod(blocks[1:])
+    counter = jnp.full(blocks, jnp.asarray(row_offset, jnp.uint32) * jnp.uint32(row))
     stride = 1
     for axis in reversed(range(len(blocks))):  # the row-major index, built from iotas
         counter = counter + jax.lax.broadcasted_iota(jnp.uint32, blocks, axis) * stride
@@ -192,6 +198,15 @@ def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str) -
             nn.initializers.normal(cfg.initializer_range), axes),
         name=name,
     )
+
+
+def _lookup(embed: nn.Embed, ids: Array, rows: str | None = None) -> Array:
+    """`embed(ids)` with the table's embedding dim whole: gathered over fsdp before the
+    lookup (as every FSDP weight is before its use), its rows left split over `rows`'
+    mesh axes. A lookup from a table split along the embedding dim into a batch-split
+    output is a reshard XLA can only do by replicating the whole result."""
+    table = sharding.constrain(embed.embedding, (rows, None))
+    return jnp.take(table, ids, axis=0).astype(embed.dtype)
 
 
 def attention_bias(attention_mask: Array) -> Array:
@@ -222,9 +237,9 @@ class BertEmbeddings(nn.Module):
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
                  deterministic: bool) -> Array:
-        x = (self.word_embeddings(input_ids)
-             + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
+        x = (_lookup(self.word_embeddings, input_ids, "vocab")
+             + _lookup(self.position_embeddings, position_ids)
+             + _lookup(self.token_type_embeddings, token_type_ids))
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
     def attend(self, x: Array) -> Array:
@@ -248,7 +263,8 @@ class BertSelfAttention(nn.Module):
 
         def project(name: str, y: Array) -> Array:
             y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
-            return y.reshape(*y.shape[:2], heads, head_dim)
+            y = y.reshape(*y.shape[:2], heads, head_dim)
+            return sharding.constrain(y, ("batch", "length", "heads", None))
 
         # Scaling q (L x d) is cheaper than scaling the scores (L x L).
         q = project("query", queries) * jnp.asarray(head_dim ** -0.5, x.dtype)
@@ -258,7 +274,8 @@ class BertSelfAttention(nn.Module):
         probs = jax.nn.softmax(scores + bias, axis=-1)
         dropped = Dropout(cfg.attention_probs_dropout_prob)(
             probs, deterministic=deterministic).astype(v.dtype)
-        context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3).reshape(
+        context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3)
+        context = sharding.constrain(context, ("batch", "length", "heads", None)).reshape(
             queries.shape)
         return context, probs
 
@@ -284,12 +301,13 @@ class BertLayer(nn.Module):
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
         x = _layer_norm(cfg, "attention_output_LayerNorm")(
             x + drop(y, deterministic=deterministic))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
         y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
-        y = activation(cfg.hidden_act)(y)
+        y = sharding.constrain(activation(cfg.hidden_act)(y), ("batch", "length", "mlp"))
         y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
         x = _layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
-        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         return x, probs
 
 
@@ -342,7 +360,7 @@ class BertModel(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         bias = attention_bias(attention_mask)
         hidden, attentions = [x], []
         for i, layer in enumerate(self.layers):
@@ -379,7 +397,8 @@ class BertMLMHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
         logits = decoder.attend(x)
-        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        return sharding.constrain(logits, ("batch", "length", "vocab"))
 
 
 @flax.struct.dataclass
