@@ -106,6 +106,11 @@ def normalize_rules(rules: Sequence[Sequence[Any]]) -> Rules:
     return tuple(out)
 
 
+def config_rules(mesh_config: Any) -> Rules:
+    """The rules of a config's `mesh` section (`RULES` for configs saved before it had any)."""
+    return normalize_rules(mesh_config.get("rules", RULES))
+
+
 def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Any, name: str,
          warn: bool = True) -> PartitionSpec:
     """Replicates a dimension whose size the mesh axes do not divide (e.g. 12 heads over

@@ -22,7 +22,7 @@ Any field can be overridden: --config.optimizer.lr=2e-5 --config.train.batch_siz
 
 import ml_collections
 
-from bert_jax import configlib, optim
+from bert_jax import configlib, optim, sharding
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -67,7 +67,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     ))
 
     c.optimizer = optim.default_config()
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
+    # (data, fsdp, tensor); rules: logical axis name -> mesh axes, for parameters and
+    # activations (see bert_jax/sharding.py and the README's Sharding section).
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=sharding.RULES))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address="", num_processes=0, process_id=-1))
 
