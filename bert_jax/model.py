@@ -189,13 +189,23 @@ def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
                      param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
 
-def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str) -> nn.Embed:
+def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str,
+           used_rows: int | None = None) -> nn.Embed:
+    """An embedding table of `num` rows; rows from `used_rows` on (vocabulary padding)
+    start at zero and, never looked up or predicted, stay zero."""
+    init = nn.initializers.normal(cfg.initializer_range)
+    if used_rows is not None and used_rows < num:
+        normal = init
+
+        def init(key, shape, dtype=jnp.float32):
+            used = normal(key, (used_rows, *shape[1:]), dtype)
+            return jnp.pad(used, [(0, shape[0] - used_rows)] + [(0, 0)] * (len(shape) - 1))
+
     return nn.Embed(
         num, cfg.hidden_size,
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), axes),
+        embedding_init=nn.with_logical_partitioning(init, axes),
         name=name,
     )
 
@@ -227,7 +237,8 @@ class BertEmbeddings(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.word_embeddings = _embed(cfg, cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.word_embeddings = _embed(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
+                                      "word_embeddings", used_rows=cfg.vocab_size)
         self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, (None, "embed"),
                                           "position_embeddings")
         self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
@@ -390,20 +401,30 @@ class BertMLMHead(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, decoder: BertModel) -> Array:
+    def __call__(self, x: Array, decoder: BertModel, padded_vocab: bool = False) -> Array:
+        """Logits [..., vocab_size]; with `padded_vocab`, [..., padded_vocab_size] with
+        the padding columns at the float32 minimum (never predicted, no effect on a
+        softmax loss): the layout that shards over the mesh, for training."""
         cfg = self.config
         x = _dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
         x = _layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+                          (cfg.padded_vocab_size,), jnp.dtype(cfg.param_dtype))
         logits = decoder.attend(x)
         logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
-        return sharding.constrain(logits, ("batch", "length", "vocab"))
+        logits = sharding.constrain(logits, ("batch", "length", "vocab"))
+        if not padded_vocab:
+            return logits[..., :cfg.vocab_size]
+        if cfg.padded_vocab_size == cfg.vocab_size:
+            return logits
+        column = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+        return jnp.where(column < cfg.vocab_size, logits, jnp.finfo(jnp.float32).min)
 
 
 @flax.struct.dataclass
 class PreTrainingOutput:
     mlm_logits: Array  # [B, P, V] at masked_positions, or [B, L, V] without them
+    # (V: config.vocab_size, or config.padded_vocab_size with padded_vocab=True)
     nsp_logits: Array | None  # [B, 2], or None for an MLM-only model
     encoder: BertOutput
 
@@ -431,11 +452,13 @@ class BertForPreTraining(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        padded_vocab: bool = False,
     ) -> PreTrainingOutput:
         """`masked_positions` [B, P]: project only these positions onto the vocabulary.
         Nothing else reads the last layer's other rows, so it runs only at [CLS] and the
         masked positions (5.6% of bert-base's FLOPs at S=128, P=20; the same values), and
-        encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions."""
+        encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions.
+        `padded_vocab`: MLM logits over the padded vocabulary (see BertMLMHead)."""
         positions = None
         if masked_positions is not None:
             cls = jnp.zeros_like(masked_positions[:, :1])
@@ -448,7 +471,7 @@ class BertForPreTraining(nn.Module):
         x = enc.last_hidden_state
         if masked_positions is not None:
             x = x[:, 1:]
-        mlm_logits = self.cls_predictions(x, self.bert)
+        mlm_logits = self.cls_predictions(x, self.bert, padded_vocab)
         nsp_logits = None
         if self.nsp:
             nsp_logits = self.cls_seq_relationship(enc.pooler_output).astype(jnp.float32)
