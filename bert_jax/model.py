@@ -73,18 +73,41 @@ def matmul_2d(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = N
     return y.reshape(*lhs.shape[:-1], y.shape[-1])
 
 
+def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """A parameter's layout where it is used: whole along `embed` (the dim that FSDP
+    shards for storage), still split along a tensor-parallel dim (heads, mlp, vocab).
+    Constraining a weight to it right before use is the FSDP all-gather (and, through
+    autodiff, the gradient's reduce-scatter); left to XLA, a weight split along the
+    hidden dim can split the activations along it too, which then get gathered."""
+    return tuple(None if n == "embed" else n for n in names)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (the same parameters and values) with the weights laid out for use
+    (`in_use`) and the matmul of `matmul_2d`."""
+
+    features: int
+    axes: tuple[str | None, str | None]  # logical names of the kernel [in, out]
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), self.axes),
+            (x.shape[-1], self.features), param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(
+            nn.initializers.zeros, self.axes[1:]), (self.features,), param_dtype)
+        kernel = sharding.constrain(kernel, in_use(self.axes))
+        bias = sharding.constrain(bias, in_use(self.axes[1:]))
+        y = matmul_2d(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        return y + bias.astype(dtype)
+
+
 def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
-           name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dot_general=matmul_2d,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-        name=name,
-    )
+           name: str) -> Dense:
+    return Dense(features, axes, cfg, name=name)
 
 
 class LayerNorm(nn.Module):
@@ -108,6 +131,7 @@ class LayerNorm(nn.Module):
                            features, self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                           features, self.param_dtype)
+        scale, bias = (sharding.constrain(p, in_use(("embed",))) for p in (scale, bias))
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         mean = x.mean(-1, keepdims=True)
         centred = x - mean
@@ -215,7 +239,7 @@ def _lookup(embed: nn.Embed, ids: Array, rows: str | None = None) -> Array:
     lookup (as every FSDP weight is before its use), its rows left split over `rows`'
     mesh axes. A lookup from a table split along the embedding dim into a batch-split
     output is a reshard XLA can only do by replicating the whole result."""
-    table = sharding.constrain(embed.embedding, (rows, None))
+    table = sharding.constrain(embed.embedding, in_use((rows, "embed")))
     return jnp.take(table, ids, axis=0).astype(embed.dtype)
 
 
@@ -256,7 +280,8 @@ class BertEmbeddings(nn.Module):
     def attend(self, x: Array) -> Array:
         """x @ word_embeddings.T: the tied MLM decoder."""
         dtype = jnp.dtype(self.config.dtype)
-        table = self.word_embeddings.embedding.astype(dtype)
+        table = sharding.constrain(self.word_embeddings.embedding,
+                                   in_use(("vocab", "embed"))).astype(dtype)
         return matmul_2d(x.astype(dtype), table, (((x.ndim - 1,), (1,)), ((), ())))
 
 
