@@ -435,15 +435,15 @@ class BertMLMHead(nn.Module):
         x = _layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.padded_vocab_size,), jnp.dtype(cfg.param_dtype))
-        logits = decoder.attend(x)
-        logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        bias = sharding.constrain(bias.astype(jnp.float32), ("vocab",))
+        if padded_vocab and cfg.padded_vocab_size > cfg.vocab_size:
+            # Masked through the bias (a [V] select, not one per logit): the padding rows
+            # of the table are zero, so their logits are exactly the minimum.
+            column = jnp.arange(cfg.padded_vocab_size)
+            bias = jnp.where(column < cfg.vocab_size, bias, jnp.finfo(jnp.float32).min)
+        logits = decoder.attend(x).astype(jnp.float32) + bias
         logits = sharding.constrain(logits, ("batch", "length", "vocab"))
-        if not padded_vocab:
-            return logits[..., :cfg.vocab_size]
-        if cfg.padded_vocab_size == cfg.vocab_size:
-            return logits
-        column = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-        return jnp.where(column < cfg.vocab_size, logits, jnp.finfo(jnp.float32).min)
+        return logits if padded_vocab else logits[..., :cfg.vocab_size]
 
 
 @flax.struct.dataclass
