@@ -41,11 +41,16 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of the parameters
     remat: bool = False  # recompute each layer's activations in the backward pass
+    # The word embeddings (and MLM decoder) get rows up to a multiple of this: 128 fills
+    # the MXU / tensor-core tiles and divides any power-of-two tensor-parallel mesh axis
+    # up to 128 (bert-base: 28,996 -> 29,056 rows). The extra rows are never predicted
+    # and are not exported. 1: no padding.
+    vocab_multiple: int = 128
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                     "num_labels"):
+                     "num_labels", "vocab_multiple"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
@@ -60,6 +65,11 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the word embeddings: vocab_size rounded up to vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     def replace(self, **changes: Any) -> BertConfig:
         return dataclasses.replace(self, **changes)
@@ -99,7 +109,7 @@ class BertConfig:
             "position_embedding_type": "absolute",
         }
         for f in dataclasses.fields(self):
-            if f.name not in ("dtype", "param_dtype", "remat", "num_labels"):
+            if f.name not in ("dtype", "param_dtype", "remat", "num_labels", "vocab_multiple"):
                 d[f.name] = getattr(self, f.name)
         if self.num_labels != 2:
             d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}

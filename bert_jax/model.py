@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bert_jax import sharding
 from bert_jax.config import BertConfig
 
 Array = jax.Array
@@ -72,18 +73,41 @@ def matmul_2d(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = N
     return y.reshape(*lhs.shape[:-1], y.shape[-1])
 
 
+def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """A parameter's layout where it is used: whole along `embed` (the dim that FSDP
+    shards for storage), still split along a tensor-parallel dim (heads, mlp, vocab).
+    Constraining a weight to it right before use is the FSDP all-gather (and, through
+    autodiff, the gradient's reduce-scatter); left to XLA, a weight split along the
+    hidden dim can split the activations along it too, which then get gathered."""
+    return tuple(None if n == "embed" else n for n in names)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (the same parameters and values) with the weights laid out for use
+    (`in_use`) and the matmul of `matmul_2d`."""
+
+    features: int
+    axes: tuple[str | None, str | None]  # logical names of the kernel [in, out]
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), self.axes),
+            (x.shape[-1], self.features), param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(
+            nn.initializers.zeros, self.axes[1:]), (self.features,), param_dtype)
+        kernel = sharding.constrain(kernel, in_use(self.axes))
+        bias = sharding.constrain(bias, in_use(self.axes[1:]))
+        y = matmul_2d(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        return y + bias.astype(dtype)
+
+
 def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
-           name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dot_general=matmul_2d,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-        name=name,
-    )
+           name: str) -> Dense:
+    return Dense(features, axes, cfg, name=name)
 
 
 class LayerNorm(nn.Module):
@@ -107,6 +131,7 @@ class LayerNorm(nn.Module):
                            features, self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                           features, self.param_dtype)
+        scale, bias = (sharding.constrain(p, in_use(("embed",))) for p in (scale, bias))
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         mean = x.mean(-1, keepdims=True)
         centred = x - mean
@@ -138,7 +163,10 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         threshold = round(self.rate * 65536)  # drop where the 16 bits are below it
         keep_prob = 1.0 - threshold / 65536
-        bits = _random_uint16(self.make_rng("dropout"), x.shape)
+        # Inside the step's shard_map over `data`, x is this shard's rows of the batch:
+        # counting from its first row's global index draws the global mask's rows.
+        bits = _random_uint16(self.make_rng("dropout"), x.shape,
+                              sharding.manual_row_offset(x.shape[0]))
         return jnp.where(bits >= threshold, x / keep_prob, 0).astype(x.dtype)
 
 
@@ -161,13 +189,15 @@ def threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Arr
     return x0, x1
 
 
-def _random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
-    """Uniform 16-bit draws: threefry2x32 of counter (0, j) gives elements 4j .. 4j+3."""
+def _random_uint16(key: Array, shape: tuple[int, ...], row_offset: Array | int = 0) -> Array:
+    """Uniform 16-bit draws: threefry2x32 of counter (0, j) gives elements 4j .. 4j+3;
+    `row_offset` rows of `shape` come before these (rows of a larger, sharded array)."""
     *lead, n = shape
     blocks = (*lead, -(-n // 4))
     if math.prod(blocks) >= 2**32:
         raise ValueError(f"dropout mask {shape} needs more than 2**32 threefry counters")
-    counter = jnp.zeros(blocks, jnp.uint32)
+    row = math.prod(blocks[1:])
+    counter = jnp.full(blocks, jnp.asarray(row_offset, jnp.uint32) * jnp.uint32(row))
     stride = 1
     for axis in reversed(range(len(blocks))):  # the row-major index, built from iotas
         counter = counter + jax.lax.broadcasted_iota(jnp.uint32, blocks, axis) * stride
@@ -183,15 +213,34 @@ def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
                      param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
 
-def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str) -> nn.Embed:
+def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str,
+           used_rows: int | None = None) -> nn.Embed:
+    """An embedding table of `num` rows; rows from `used_rows` on (vocabulary padding)
+    start at zero and, never looked up or predicted, stay zero."""
+    init = nn.initializers.normal(cfg.initializer_range)
+    if used_rows is not None and used_rows < num:
+        normal = init
+
+        def init(key, shape, dtype=jnp.float32):
+            used = normal(key, (used_rows, *shape[1:]), dtype)
+            return jnp.pad(used, [(0, shape[0] - used_rows)] + [(0, 0)] * (len(shape) - 1))
+
     return nn.Embed(
         num, cfg.hidden_size,
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), axes),
+        embedding_init=nn.with_logical_partitioning(init, axes),
         name=name,
     )
+
+
+def _lookup(embed: nn.Embed, ids: Array, rows: str | None = None) -> Array:
+    """`embed(ids)` with the table's embedding dim whole: gathered over fsdp before the
+    lookup (as every FSDP weight is before its use), its rows left split over `rows`'
+    mesh axes. A lookup from a table split along the embedding dim into a batch-split
+    output is a reshard XLA can only do by replicating the whole result."""
+    table = sharding.constrain(embed.embedding, in_use((rows, "embed")))
+    return jnp.take(table, ids, axis=0).astype(embed.dtype)
 
 
 def attention_bias(attention_mask: Array) -> Array:
@@ -212,7 +261,8 @@ class BertEmbeddings(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.word_embeddings = _embed(cfg, cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.word_embeddings = _embed(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
+                                      "word_embeddings", used_rows=cfg.vocab_size)
         self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, (None, "embed"),
                                           "position_embeddings")
         self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
@@ -222,15 +272,16 @@ class BertEmbeddings(nn.Module):
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
                  deterministic: bool) -> Array:
-        x = (self.word_embeddings(input_ids)
-             + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
+        x = (_lookup(self.word_embeddings, input_ids, "vocab")
+             + _lookup(self.position_embeddings, position_ids)
+             + _lookup(self.token_type_embeddings, token_type_ids))
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
     def attend(self, x: Array) -> Array:
         """x @ word_embeddings.T: the tied MLM decoder."""
         dtype = jnp.dtype(self.config.dtype)
-        table = self.word_embeddings.embedding.astype(dtype)
+        table = sharding.constrain(self.word_embeddings.embedding,
+                                   in_use(("vocab", "embed"))).astype(dtype)
         return matmul_2d(x.astype(dtype), table, (((x.ndim - 1,), (1,)), ((), ())))
 
 
@@ -248,7 +299,8 @@ class BertSelfAttention(nn.Module):
 
         def project(name: str, y: Array) -> Array:
             y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
-            return y.reshape(*y.shape[:2], heads, head_dim)
+            y = y.reshape(*y.shape[:2], heads, head_dim)
+            return sharding.constrain(y, ("batch", "length", "heads", None))
 
         # Scaling q (L x d) is cheaper than scaling the scores (L x L).
         q = project("query", queries) * jnp.asarray(head_dim ** -0.5, x.dtype)
@@ -258,7 +310,8 @@ class BertSelfAttention(nn.Module):
         probs = jax.nn.softmax(scores + bias, axis=-1)
         dropped = Dropout(cfg.attention_probs_dropout_prob)(
             probs, deterministic=deterministic).astype(v.dtype)
-        context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3).reshape(
+        context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3)
+        context = sharding.constrain(context, ("batch", "length", "heads", None)).reshape(
             queries.shape)
         return context, probs
 
@@ -284,12 +337,13 @@ class BertLayer(nn.Module):
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
         x = _layer_norm(cfg, "attention_output_LayerNorm")(
             x + drop(y, deterministic=deterministic))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
         y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
-        y = activation(cfg.hidden_act)(y)
+        y = sharding.constrain(activation(cfg.hidden_act)(y), ("batch", "length", "mlp"))
         y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
         x = _layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
-        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         return x, probs
 
 
@@ -342,7 +396,7 @@ class BertModel(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         bias = attention_bias(attention_mask)
         hidden, attentions = [x], []
         for i, layer in enumerate(self.layers):
@@ -372,19 +426,30 @@ class BertMLMHead(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, decoder: BertModel) -> Array:
+    def __call__(self, x: Array, decoder: BertModel, padded_vocab: bool = False) -> Array:
+        """Logits [..., vocab_size]; with `padded_vocab`, [..., padded_vocab_size] with
+        the padding columns at the float32 minimum (never predicted, no effect on a
+        softmax loss): the layout that shards over the mesh, for training."""
         cfg = self.config
         x = _dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
         x = _layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-        logits = decoder.attend(x)
-        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+                          (cfg.padded_vocab_size,), jnp.dtype(cfg.param_dtype))
+        bias = sharding.constrain(bias.astype(jnp.float32), ("vocab",))
+        if padded_vocab and cfg.padded_vocab_size > cfg.vocab_size:
+            # Masked through the bias (a [V] select, not one per logit): the padding rows
+            # of the table are zero, so their logits are exactly the minimum.
+            column = jnp.arange(cfg.padded_vocab_size)
+            bias = jnp.where(column < cfg.vocab_size, bias, jnp.finfo(jnp.float32).min)
+        logits = decoder.attend(x).astype(jnp.float32) + bias
+        logits = sharding.constrain(logits, ("batch", "length", "vocab"))
+        return logits if padded_vocab else logits[..., :cfg.vocab_size]
 
 
 @flax.struct.dataclass
 class PreTrainingOutput:
     mlm_logits: Array  # [B, P, V] at masked_positions, or [B, L, V] without them
+    # (V: config.vocab_size, or config.padded_vocab_size with padded_vocab=True)
     nsp_logits: Array | None  # [B, 2], or None for an MLM-only model
     encoder: BertOutput
 
@@ -412,11 +477,13 @@ class BertForPreTraining(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        padded_vocab: bool = False,
     ) -> PreTrainingOutput:
         """`masked_positions` [B, P]: project only these positions onto the vocabulary.
         Nothing else reads the last layer's other rows, so it runs only at [CLS] and the
         masked positions (5.6% of bert-base's FLOPs at S=128, P=20; the same values), and
-        encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions."""
+        encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions.
+        `padded_vocab`: MLM logits over the padded vocabulary (see BertMLMHead)."""
         positions = None
         if masked_positions is not None:
             cls = jnp.zeros_like(masked_positions[:, :1])
@@ -429,7 +496,7 @@ class BertForPreTraining(nn.Module):
         x = enc.last_hidden_state
         if masked_positions is not None:
             x = x[:, 1:]
-        mlm_logits = self.cls_predictions(x, self.bert)
+        mlm_logits = self.cls_predictions(x, self.bert, padded_vocab)
         nsp_logits = None
         if self.nsp:
             nsp_logits = self.cls_seq_relationship(enc.pooler_output).astype(jnp.float32)

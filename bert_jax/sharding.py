@@ -1,19 +1,26 @@
 """Device mesh, logical-axis rules, and multi-host start-up.
 
 One code path from one CPU to a multi-host mesh: a `Mesh` with axes
-(data, fsdp, tensor). Parameters carry logical axis names (see model.py) and
-`RULES` maps them onto mesh axes: batch over data x fsdp, the embedding dim of the
-weights over fsdp (ZeRO-3 style parameter and optimizer-state sharding), heads, mlp
-and vocab over tensor (Megatron-style model parallelism). A pmap-style pure
-data-parallel run is the mesh (n, 1, 1); one device is (1, 1, 1).
+(data, fsdp, tensor). Parameters and activations carry logical axis names (see
+model.py) and the rules map them onto mesh axes. `RULES`, the default (a config's
+`mesh.rules`): batch over data x fsdp, the embedding dim of the weights over fsdp
+(ZeRO-3 style parameter and optimizer-state sharding), heads, mlp and vocab over tensor
+(Megatron-style model parallelism); the activations' embedding dim (`act_embed`) stays
+whole. A pmap-style pure data-parallel run is the mesh (n, 1, 1); one device is (1, 1, 1).
+
+The steps are traced under `in_mesh(mesh, rules)`: the mesh's abstract mesh (what
+`with_sharding_constraint` and `shard_map` read; `jax.set_mesh` would set it too, but
+refuses to run inside a trace, and `with mesh:` no longer sets it) plus the rules, so
+the model's `constrain` calls take effect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -26,13 +33,21 @@ from bert_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis name -> mesh axes (None: replicated)
-RULES: tuple[tuple[str, Any], ...] = (
+Rules = tuple[tuple[str, Any], ...]
+
+# logical axis name -> mesh axes (None: replicated). As flax reads them: in order, each
+# rule taking its dimension if the dimension and the mesh axes are still free. So a
+# weight with a tensor-parallel dim (heads, mlp, vocab) shards its embed dim over fsdp
+# alone, and one without (LayerNorm, position embeddings, the pooler) over fsdp x
+# tensor: no parameter is whole on a tensor-parallel device (ZeRO-style, gathered for
+# use; they are 1.5% of bert-base).
+RULES: Rules = (
     ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
+    ("embed", ("fsdp", "tensor")),
+    ("embed", "fsdp"),
     ("length", None),
     ("act_embed", None),
 )
@@ -149,26 +164,48 @@ def check_host_batches(mesh: Mesh) -> None:
     host_batch_blocks(np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices))
 
 
-def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, name: str) -> PartitionSpec:
-    """Replicates a dimension whose size the mesh axes do not divide (e.g. vocab 28996
-    over 8 tensor shards) instead of failing; logged once per parameter."""
+def normalize_rules(rules: Sequence[Sequence[Any]]) -> Rules:
+    """Rules as tuples (a config read back from JSON holds lists); checks the mesh axes."""
+    out = []
+    for rule in rules:
+        if len(rule) != 2:
+            raise UserError(f"a sharding rule is (logical name, mesh axes), got {rule!r}")
+        name, axes = rule
+        axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            if axis is not None and axis not in MESH_AXES:
+                raise UserError(f"sharding rule {name!r} names mesh axis {axis!r}; the mesh "
+                                f"axes are {MESH_AXES}")
+        out.append((str(name), axes))
+    return tuple(out)
+
+
+def config_rules(mesh_config: Any) -> Rules:
+    """The rules of a config's `mesh` section (`RULES` for configs saved before it had any)."""
+    return normalize_rules(mesh_config.get("rules", RULES))
+
+
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Any, name: str,
+         warn: bool = True) -> PartitionSpec:
+    """Replicates a dimension whose size the mesh axes do not divide (e.g. 12 heads over
+    8 tensor shards) instead of failing, and drops manual axes (inside a `shard_map`)."""
+    manual = set(getattr(mesh, "manual_axes", ()))
     fitted = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        if axes is None:
-            fitted.append(None)
-            continue
-        size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-        if dim % size:
-            logging.info("replicating dim %d of %s: %d does not divide over %s", dim, name,
-                         dim, axes)
-            fitted.append(None)
-        else:
-            fitted.append(axes)
+        axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ())
+                     if a not in manual)
+        size = math.prod(mesh.shape[a] for a in axes)
+        if axes and dim % size:
+            if warn:
+                logging.warning("replicating dim %d of %s: %d does not divide over %s", dim,
+                                name, dim, axes)
+            axes = ()
+        fitted.append(axes[0] if len(axes) == 1 else (axes or None))
     return PartitionSpec(*fitted)
 
 
 def logical_to_shardings(logical_specs: Any, shapes: Any, mesh: Mesh,
-                         rules: Sequence[tuple[str, Any]] = RULES) -> Any:
+                         rules: Rules = RULES) -> Any:
     """NamedShardings for a pytree, from its logical PartitionSpecs and shapes."""
     mesh_specs = nn.logical_to_mesh(logical_specs, rules)
 
@@ -178,6 +215,35 @@ def logical_to_shardings(logical_specs: Any, shapes: Any, mesh: Mesh,
 
     return jax.tree_util.tree_map_with_path(
         one, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+@contextlib.contextmanager
+def in_mesh(mesh: Mesh, rules: Rules = RULES) -> Iterator[None]:
+    """The context to trace under (inside `jax.jit` too): the mesh as jax's current
+    abstract mesh, and the logical-axis rules that `constrain` reads."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Lays out an activation by its logical axis names under the current mesh and rules
+    (see `in_mesh`); a dimension that does not divide over its mesh axes stays whole, and
+    without a mesh this is the identity."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = nn.logical_to_mesh_axes(names, nn.get_logical_axis_rules())
+    return jax.lax.with_sharding_constraint(x, _fit(spec, x.shape, mesh, "", warn=False))
+
+
+def manual_row_offset(rows: int) -> jax.Array | int:
+    """Inside a `shard_map` that is manual over `data` (the train step's gradient), the
+    global index of this shard's first row of a batch-leading array of `rows` local rows
+    (the batch is split over data, major); 0 elsewhere."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "data" not in mesh.manual_axes:
+        return 0
+    return jax.lax.axis_index("data") * rows
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -91,12 +91,21 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
     return tree
 
 
-def flax_to_hf(params: Any) -> dict[str, np.ndarray]:
-    """A Flax param tree -> an HF state dict (float32 numpy, torch [out, in] kernels)."""
+# Tensors with one row per vocabulary entry: padded to config.padded_vocab_size in Flax,
+# exactly vocab_size rows in HF files.
+_VOCAB_ROWS = ("embeddings.word_embeddings.weight", "cls.predictions.bias")
+
+
+def flax_to_hf(params: Any, *, vocab_size: int) -> dict[str, np.ndarray]:
+    """A Flax param tree -> an HF state dict (float32 numpy, torch [out, in] kernels), the
+    vocabulary tensors cut to `vocab_size` rows (their padding is bert-jax's own)."""
     out = {}
     for path, x in _flatten(params):
         x = np.asarray(x, np.float32)
-        out[hf_name(path)] = np.ascontiguousarray(x.T) if path[-1] == "kernel" else x
+        name = hf_name(path)
+        if _canonical(name) in _VOCAB_ROWS:
+            x = x[:vocab_size]
+        out[name] = np.ascontiguousarray(x.T) if path[-1] == "kernel" else x
     return out
 
 
@@ -235,6 +244,8 @@ def hf_to_flax(state_dict: dict[str, np.ndarray], config: BertConfig, head: str,
             continue
         x = sd[name]
         x = x.T if path[-1] == "kernel" else x
+        if name in _VOCAB_ROWS and x.shape[0] == config.vocab_size < shape[0]:
+            x = np.pad(x, [(0, shape[0] - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
         if tuple(x.shape) != shape:
             want = shape[::-1] if path[-1] == "kernel" else shape
             raise UserError(f"tensor {name} in {source} has shape {_shape(sd[name])} but the "
@@ -653,7 +664,7 @@ def read_workdir(path: Path, **overrides: Any
         raise UserError(f"{path}/config.json: bad model config: {e}") from None
     params, _ = checkpoint.restore_params(path / "checkpoints")
     vocab = saved.get("data", {}).get("vocab") or None
-    return flax_to_hf(params), config, vocab
+    return flax_to_hf(params, vocab_size=config.vocab_size), config, vocab
 
 
 # ---- the entry points -------------------------------------------------------------------
@@ -754,7 +765,7 @@ def save_pretrained(directory: str | Path, config: BertConfig, params: Any,
     if head not in HEADS:
         raise UserError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
     d = files.check_writable_dir(directory)
-    sd = flax_to_hf(params)
+    sd = flax_to_hf(params, vocab_size=config.vocab_size)
     if head == "mlm":
         sd = {k: v for k, v in sd.items() if not k.startswith("bert.pooler.")}
     with files.atomic_path(d / "model.safetensors") as tmp:

@@ -22,7 +22,7 @@ Any field can be overridden: --config.optimizer.lr=2e-5 --config.train.batch_siz
 
 import ml_collections
 
-from bert_jax import configlib, optim
+from bert_jax import configlib, optim, sharding
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -75,6 +75,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         # multi-slice TPU: how many slices (joined by the data-center network) along each
         # axis, e.g. (2, 1, 1) = data parallel across 2 slices; shape / dcn_shape per slice
         dcn_shape=(1, 1, 1),
+        # logical axis name -> mesh axes, for parameters and activations (see
+        # bert_jax/sharding.py and the README's Sharding section)
+        rules=sharding.RULES,
     ))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address="", num_processes=0, process_id=-1))

@@ -83,10 +83,11 @@ def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float
                              "pretraining" if config.nsp else "mlm")
     params, step = checkpoint.restore_params(Path(workdir) / "checkpoints")
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
+    rules = sharding.config_rules(config.mesh)
     optimizer, _ = optim.build(config.optimizer, int(config.train.total_steps))
     eval_step = step_lib.jit_eval_step(
         step_lib.make_eval_step(objectives.PreTraining(module)),
-        state_lib.state_shardings(module, optimizer, mesh).params, mesh)
+        state_lib.state_shardings(module, optimizer, mesh, rules).params, mesh, rules)
     batch_size = int(config.train.batch_size)
     n = PretrainingLoader(eval_dir, batch_size, shuffle=False, repeat=False,
                           drop_remainder=False).num_examples

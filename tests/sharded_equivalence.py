@@ -31,8 +31,8 @@ def batch(seed, b=16, length=16, p=4, vocab=128):
         next_sentence_label=r.randint(0, 2, (b,)).astype(np.int32))
 
 
-def run(mesh_shape, accum_steps=1, steps=3, devices=None):
-    cfg = config.preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+def run(mesh_shape, accum_steps=1, steps=3, devices=None, dropout=0.0):
+    cfg = config.preset("tiny", hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     module = model.build(cfg, "pretraining")
     ocfg = optim.default_config()
     ocfg.update(dict(lr=1e-3, warmup_steps=1))
@@ -60,13 +60,19 @@ def main():
     assert jax.device_count() == 8, jax.device_count()
     ref_state, ref_losses, _ = run((1, 1, 1), devices=jax.devices()[:1])
     results = {"reference_losses": ref_losses}
-    for shape, accum in [((8, 1, 1), 1), ((2, 4, 1), 1), ((2, 2, 2), 1), ((1, 1, 1), 4)]:
+    for shape, accum in [((8, 1, 1), 1), ((2, 4, 1), 1), ((2, 2, 2), 1), ((1, 1, 1), 4),
+                         ((8, 1, 1), 2)]:
         devices = jax.devices()[:1] if shape == (1, 1, 1) else None
         state, losses, specs = run(shape, accum, devices=devices)
         diffs = max_diffs(state.params, ref_state.params)
         opt = max_diffs(state.opt_state, ref_state.opt_state)
         results[f"{shape}x{accum}"] = {"losses": losses, "max_param_diff": max(diffs),
                                        "max_opt_diff": max(opt), "specs": specs}
+    # With dropout: the data shards of the step's shard_map draw the one-device masks.
+    ref_state, ref_losses, _ = run((1, 1, 1), devices=jax.devices()[:1], dropout=0.1)
+    state, losses, _ = run((8, 1, 1), dropout=0.1)
+    results["dropout"] = {"reference_losses": ref_losses, "losses": losses,
+                          "max_param_diff": max(max_diffs(state.params, ref_state.params))}
     json.dump(results, sys.stdout)
 
 

@@ -40,13 +40,14 @@ HF_CLASSES = {"encoder": "BertModel", "pretraining": "BertForPreTraining",
 def test_flax_to_hf_names_and_shapes_are_transformers(head):
     torch = require("torch")
     transformers = require("transformers")
-    cfg = preset("tiny", num_labels=3)
+    cfg = preset("tiny", num_labels=3, vocab_size=100)  # 128 rows in Flax, 100 in HF
     hf_config = transformers.BertConfig(**cfg.to_hf_dict(), num_labels=3)
     with torch.device("meta"):
         ref = getattr(transformers, HF_CLASSES[head])(hf_config)
     expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()
                 if not k.startswith("cls.predictions.decoder.")}  # tied copies
-    sd = weights.flax_to_hf(init_params(build(cfg, head), jax.random.key(0)))
+    sd = weights.flax_to_hf(init_params(build(cfg, head), jax.random.key(0)),
+                            vocab_size=cfg.vocab_size)
     if head == "mlm":  # BertForMaskedLM has no pooler; save_pretrained drops it
         sd = {k: v for k, v in sd.items() if ".pooler." not in k}
     assert {k: v.shape for k, v in sd.items()} == expected
@@ -58,9 +59,11 @@ def test_flax_to_hf_names_and_shapes_are_transformers(head):
 def test_export_loads_in_transformers_with_same_outputs(tmp_path, head):
     torch = require("torch")
     transformers = require("transformers")
-    cfg = preset("tiny", num_labels=3)
+    cfg = preset("tiny", num_labels=3, vocab_size=100)  # padded to 128 rows, exported 100
     net = build(cfg, head)
     params = init_params(net, jax.random.key(1))
+    table = params.get("bert", params)["embeddings"]["word_embeddings"]["embedding"]
+    assert table.shape == (128, 32) and not np.asarray(table[100:]).any()
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     (tok_dir / "vocab.txt").write_text(
@@ -94,6 +97,11 @@ def test_export_loads_in_transformers_with_same_outputs(tmp_path, head):
         pairs = [(ours.mlm_logits if head == "mlm" else ours, theirs.logits)]
     for a, b in pairs:
         np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=1e-5, rtol=0)
+    if head in ("pretraining", "mlm"):
+        # Training's logits: the padding columns masked, the rest the same.
+        padded = net.apply({"params": params}, ids, mask, types, padded_vocab=True).mlm_logits
+        np.testing.assert_array_equal(padded[..., :100], ours.mlm_logits)
+        assert (np.asarray(padded[..., 100:]) == np.finfo(np.float32).min).all()
 
     # And back: the exported directory reloads to the same parameters.
     back = weights.load_pretrained(out, head=head)
@@ -213,6 +221,10 @@ def test_tf_toy_values_match_the_raw_bytes(key, path, shape):
         params = params[k]
     value = np.asarray(params)
     value = value.T if path[0] == "cls_seq_relationship" else value  # Flax is [in, out]
+    if key in (b"word_embeddings", b"cls/predictions/output_bias"):
+        # 15 vocabulary rows, then zero rows up to config.vocab_multiple (128)
+        assert value.shape[0] == 128 and not value[shape[0]:].any()
+        value = value[:shape[0]]
     np.testing.assert_array_equal(value.ravel(), raw)
 
 
@@ -289,14 +301,15 @@ def test_config_overrides_and_bf16_weights(tmp_path):
 
     # A bf16 safetensors file (numpy has no bfloat16: the reader maps it via ml_dtypes).
     sd = {k: torch.tensor(np.asarray(v)).to(torch.bfloat16)
-          for k, v in weights.flax_to_hf(loaded.params).items()}
+          for k, v in weights.flax_to_hf(loaded.params,
+                                         vocab_size=loaded.config.vocab_size).items()}
     save_file(sd, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(loaded.config.to_hf_dict()))
     back = weights.load_pretrained(tmp_path)
     word = back.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     assert word.dtype == np.float32
     np.testing.assert_array_equal(
-        np.asarray(word), sd["bert.embeddings.word_embeddings.weight"].float().numpy())
+        np.asarray(word)[:15], sd["bert.embeddings.word_embeddings.weight"].float().numpy())
 
 
 # ---- the hub ----------------------------------------------------------------------------

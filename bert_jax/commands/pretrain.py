@@ -100,7 +100,8 @@ def run_export(args: argparse.Namespace) -> int:
     head = "pretraining" if config.nsp else "mlm"
     # Through the loader's checks: a config.json edited since the run (or from another
     # run) must not be written beside weights it does not describe.
-    params, _ = weights.hf_to_flax(weights.flax_to_hf(params), model_config, head,
+    params, _ = weights.hf_to_flax(weights.flax_to_hf(params, vocab_size=model_config.vocab_size),
+                                   model_config, head,
                                    source=str(ckpt_dir / str(step)),
                                    format="bert-jax checkpoint")
     weights.save_pretrained(args.to, model_config, params, tokenizer, head)

@@ -48,7 +48,8 @@ class PreTraining:
         out = self.model.apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"],
             batch["token_type_ids"], batch["masked_lm_positions"],
-            deterministic=not train, rngs={"dropout": rng} if train else None)
+            deterministic=not train, rngs={"dropout": rng} if train else None,
+            padded_vocab=True)
         w = batch["masked_lm_weights"].astype(jnp.float32)
         labels = batch["masked_lm_ids"]
         xent = optax.softmax_cross_entropy_with_integer_labels(out.mlm_logits, labels)

@@ -226,6 +226,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     optimizer, schedule = optim.build(config.optimizer, total)
     mesh = sharding.make_mesh(tuple(config.mesh.shape), dcn_shape=tuple(config.mesh.dcn_shape))
     sharding.check_host_batches(mesh)
+    rules = sharding.config_rules(config.mesh)
     for phase in phases:
         sharding.check_batch(phase.batch_size, mesh)
         if phase.batch_size % (int(t.accum_steps) * sharding.data_parallel_size(mesh)):
@@ -235,20 +236,21 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     if jax.process_index() == 0:
         configlib.save(config, workdir)
 
-    shardings = state_lib.state_shardings(module, optimizer, mesh)
+    shardings = state_lib.state_shardings(module, optimizer, mesh, rules)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=int(t.keep_checkpoints))
     extra: dict[str, Any] = {}
     if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(state_lib.abstract_state(module, optimizer, mesh))
+        state, extra = ckpt.restore(state_lib.abstract_state(module, optimizer, mesh, rules))
         log.info("resumed from step %d", int(state.step))
     else:
         init = _initial_params(config, head) if config.init_from else None
-        state = state_lib.init_state(module, optimizer, mesh, int(config.seed), params=init)
+        state = state_lib.init_state(module, optimizer, mesh, int(config.seed), params=init,
+                                     rules=rules)
     train_step = step_lib.jit_train_step(
         step_lib.make_train_step(objective, optimizer, schedule,
-                                 accum_steps=int(t.accum_steps)), shardings, mesh)
+                                 accum_steps=int(t.accum_steps)), shardings, mesh, rules)
     eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(objective),
-                                       shardings.params, mesh)
+                                       shardings.params, mesh, rules)
 
     writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
     profile = ProfileWindow(parse_window(t.profile), str(workdir / "tensorboard"))

@@ -39,32 +39,33 @@ def _boxed_state(module: nn.Module, optimizer: optax.GradientTransformation) -> 
 
 
 def state_shardings(module: nn.Module, optimizer: optax.GradientTransformation,
-                    mesh: Mesh) -> Any:
+                    mesh: Mesh, rules: sharding.Rules = sharding.RULES) -> Any:
     """NamedShardings of every leaf of the TrainState, without allocating anything."""
     boxed = jax.eval_shape(lambda: _boxed_state(module, optimizer))
     logical = nn.get_partition_spec(boxed)
     shapes = nn.meta.unbox(boxed)
-    return sharding.logical_to_shardings(logical, shapes, mesh)
+    return sharding.logical_to_shardings(logical, shapes, mesh, rules)
 
 
 def abstract_state(module: nn.Module, optimizer: optax.GradientTransformation,
-                   mesh: Mesh) -> TrainState:
+                   mesh: Mesh, rules: sharding.Rules = sharding.RULES) -> TrainState:
     """ShapeDtypeStructs with shardings: the restore target of a checkpoint."""
     shapes = nn.meta.unbox(jax.eval_shape(lambda: _boxed_state(module, optimizer)))
-    shardings = state_shardings(module, optimizer, mesh)
+    shardings = state_shardings(module, optimizer, mesh, rules)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, shardings)
 
 
 def init_state(module: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
                seed: int, params: Any | None = None,
-               param_transform: Callable[[Any], Any] | None = None) -> TrainState:
+               param_transform: Callable[[Any], Any] | None = None,
+               rules: sharding.Rules = sharding.RULES) -> TrainState:
     """A fresh TrainState, created directly in its sharded layout.
 
     `params` (e.g. released weights) replaces the random initialisation; the optimizer
     state always starts fresh (the original advice for continued pre-training).
     """
-    shardings = state_shardings(module, optimizer, mesh)
+    shardings = state_shardings(module, optimizer, mesh, rules)
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
 
     def create(given):
@@ -77,5 +78,5 @@ def init_state(module: nn.Module, optimizer: optax.GradientTransformation, mesh:
                           opt_state=optimizer.init(given),
                           rng=jax.random.key_data(dropout_key))
 
-    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+    with sharding.in_mesh(mesh, rules):
         return jax.jit(create, out_shardings=shardings)(params)

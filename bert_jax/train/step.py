@@ -6,6 +6,12 @@ shardings over the mesh and donates the old state. Features:
 - gradient accumulation over `accum_steps` micro-batches inside the step (a
   `lax.scan`), exactly equal to one batch `accum_steps` times larger (see objectives.py
   for why the split into numerators and denominators makes it exact);
+- one gradient reduction over the `data` axis per step: the gradient runs inside
+  `shard_map`, manual over `data` (fsdp and tensor stay with the partitioner), so each
+  data shard sums its gradients locally, over its rows and micro-batches, and the
+  shards reduce once, after the scan. Left to the partitioner, the reduction runs inside
+  the loop (once per micro-batch) and twice for the tied word embeddings. Dropout masks
+  are the same as without the shard_map (`sharding.manual_row_offset`);
 - a non-finite loss or gradient never reaches the parameters: the step keeps the old
   params and optimizer state and reports `finite=0`; the loop decides to stop or go on.
 """
@@ -15,11 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from bert_jax import sharding
 from bert_jax.train.state import TrainState
@@ -43,30 +48,8 @@ def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dens = objective.denominators(batch)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        if accum_steps == 1:
-            (loss, nums), grads = grad_fn(objective, state.params, batch, rng, dens)
-        else:
-            # Row r of micro-batch i is row r * k + i of the batch: every micro-batch
-            # takes an equal share of each device's rows, so no data moves.
-            def split(x):
-                b = x.shape[0]
-                if b % accum_steps:
-                    raise ValueError(f"batch {b} does not split into {accum_steps} micro-batches")
-                return jnp.moveaxis(x.reshape(b // accum_steps, accum_steps, *x.shape[1:]), 1, 0)
-
-            micro = jax.tree.map(split, batch)
-
-            def body(carry, xs):
-                i, mb = xs
-                (loss, nums), grads = grad_fn(objective, state.params, mb,
-                                              jax.random.fold_in(rng, i), dens)
-                return jax.tree.map(jnp.add, carry, (loss, nums, grads)), None
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            nums0 = {k: jnp.zeros((), jnp.float32) for k in dens}
-            (loss, nums, grads), _ = jax.lax.scan(
-                body, (jnp.zeros((), jnp.float32), nums0, zeros),
-                (jnp.arange(accum_steps), micro))
+        loss, nums, grads = _gradients(grad_fn, objective, accum_steps, state.params, batch,
+                                       rng, dens)
 
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -91,6 +74,55 @@ def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
     return step
 
 
+def _gradients(grad_fn: Callable, objective: Any, accum_steps: int, params: Any,
+               batch: Batch, rng: jax.Array, dens: dict[str, jax.Array]) -> tuple:
+    """Loss, numerators and gradients of the batch, summed over `accum_steps`
+    micro-batches and reduced over the data axis once."""
+    mesh = jax.sharding.get_abstract_mesh()
+    shape = {} if mesh.empty else dict(mesh.shape)
+    data = shape.get("data", 1)
+    if shape.get("fsdp", 1) > 1 and shape.get("tensor", 1) > 1:
+        # XLA (jax 0.10.2) fails a CHECK partitioning a shard_map manual over `data` with
+        # both other axes auto, e.g. mesh (2, 2, 2): there the partitioner places the
+        # reduction (correct values; more traffic, see the README's Sharding section).
+        data = 1
+
+    def local(params, batch, rng, dens):
+        if accum_steps == 1:
+            (loss, nums), grads = grad_fn(objective, params, batch, rng, dens)
+            sums = (loss, nums, grads)
+        else:
+            def split(x):
+                # Row r of micro-batch i is row r * k + i of the (local) batch: every
+                # micro-batch takes an equal share of each device's rows, so no data moves.
+                b = x.shape[0]
+                if b % accum_steps:
+                    raise ValueError(f"batch {b} does not split into {accum_steps} "
+                                     "micro-batches")
+                return jnp.moveaxis(x.reshape(b // accum_steps, accum_steps, *x.shape[1:]),
+                                    1, 0)
+
+            def body(carry, xs):
+                i, mb = xs
+                (loss, nums), grads = grad_fn(objective, params, mb,
+                                              jax.random.fold_in(rng, i), dens)
+                return jax.tree.map(jnp.add, carry, (loss, nums, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32),
+                     {k: jnp.zeros((), jnp.float32) for k in dens},
+                     jax.tree.map(jnp.zeros_like, params))
+            sums, _ = jax.lax.scan(body, zeros,
+                                   (jnp.arange(accum_steps), jax.tree.map(split, batch)))
+        return jax.lax.psum(sums, "data") if data > 1 else sums
+
+    if data == 1:
+        return local(params, batch, rng, dens)
+    # Manual over `data` only: fsdp and tensor stay with the partitioner inside.
+    rep, rows = PartitionSpec(), PartitionSpec("data")
+    return jax.shard_map(local, in_specs=(rep, rows, rep, rep), out_specs=rep,
+                         axis_names={"data"}, check_vma=False)(params, batch, rng, dens)
+
+
 def make_eval_step(objective: Any) -> Callable[[Any, Batch], Metrics]:
     """`(params, batch) -> sums`: numerators and denominators, summed exactly over batches.
 
@@ -111,26 +143,28 @@ def finish_eval(sums: dict[str, float]) -> dict[str, float]:
     return {k: float(sums[f"{k}/num"]) / max(float(sums[f"{k}/den"]), 1e-9) for k in names}
 
 
-def _in_mesh(fn: Callable, mesh: Mesh) -> Callable:
-    """Traces `fn` with the mesh and the logical-axis rules in context, so the model's
-    activation constraints (`nn.with_logical_constraint`) take effect."""
+def _in_mesh(fn: Callable, mesh: Mesh, rules: sharding.Rules) -> Callable:
+    """Traces `fn` under the mesh and the logical-axis rules (`sharding.in_mesh`), so the
+    model's activation constraints take effect."""
 
     def wrapped(*args):
-        with mesh, nn.logical_axis_rules(sharding.RULES):
+        with sharding.in_mesh(mesh, rules):
             return fn(*args)
 
     return wrapped
 
 
-def jit_train_step(step: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+def jit_train_step(step: Callable, state_shardings: Any, mesh: Mesh,
+                   rules: sharding.Rules = sharding.RULES) -> Callable:
     """Compiles a train step with explicit shardings; the input state is donated."""
-    return jax.jit(_in_mesh(step, mesh),
+    return jax.jit(_in_mesh(step, mesh, rules),
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)),
                    donate_argnums=0)
 
 
-def jit_eval_step(step: Callable, param_shardings: Any, mesh: Mesh) -> Callable:
-    return jax.jit(_in_mesh(step, mesh),
+def jit_eval_step(step: Callable, param_shardings: Any, mesh: Mesh,
+                  rules: sharding.Rules = sharding.RULES) -> Callable:
+    return jax.jit(_in_mesh(step, mesh, rules),
                    in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))
