@@ -38,7 +38,7 @@ def make_data(spec: DataSpec, study: ml_collections.ConfigDict, out_dir: Path
         files, str(out_dir), Tokenizer.from_vocab(study.pretrain.data.vocab),
         max_seq_length=spec.max_seq_length, max_predictions_per_seq=spec.max_predictions,
         masked_lm_prob=spec.masked_lm_prob or 0.15, whole_word_masking=bool(spec.whole_word),
-        masking=spec.masking, nsp=spec.nsp,
+        masking=spec.masking, pair_objective="nsp" if spec.nsp else "none",
         dupe_factor=int(c.dupe_factor) if spec.split == "train" else 1,
         short_seq_prob=float(c.short_seq_prob), random_seed=int(c.seed),
         input_format=c.input_format, num_workers=int(c.workers), progress=False)
