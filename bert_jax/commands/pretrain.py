@@ -11,7 +11,7 @@ DEFAULT_CONFIG = "configs/pretrain.py:demo"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pre-train BERT (MLM + NSP); resumes a workdir",
+    p = sub.add_parser("pretrain", help="pre-train BERT (MLM + NSP or SOP); resumes a workdir",
                        description="Pre-train BERT with the config's recipe. Re-running with "
                                    "the same --workdir resumes from its last checkpoint.")
     add_common(p, config=DEFAULT_CONFIG, workdir=True, json=True)
@@ -43,7 +43,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         print(json.dumps(result, sort_keys=True))
     else:
         keys = ("loss", "masked_lm_accuracy", "eval_masked_lm_accuracy",
-                "next_sentence_accuracy", "eval_next_sentence_accuracy", "seq_per_s")
+                "next_sentence_accuracy", "eval_next_sentence_accuracy",
+                "sentence_order_accuracy", "eval_sentence_order_accuracy", "seq_per_s")
         print("done: " + ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result))
     return 0
 
@@ -51,7 +52,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bert_jax import checkpoint, configlib, weights
+    from bert_jax import checkpoint, configlib, heads, weights
     from bert_jax.errors import UserError
     from bert_jax.tokenizer import Tokenizer
 
@@ -61,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"{args.workdir}/config.json names no data.vocab to export beside "
                         "the weights; set --config.data.vocab when pre-training")
     tokenizer = Tokenizer.from_vocab(config.data.vocab)
-    head = "pretraining" if config.nsp else "mlm"
+    head = heads.objective(heads.config_objective(config)).head
     weights.save_pretrained(args.to, configlib.model_config(config.model), params, tokenizer,
                             head)
     result = {"workdir": str(args.workdir), "step": step, "to": str(args.to)}

@@ -1,4 +1,4 @@
-"""The pre-training loop: MLM (+ NSP), one or two sequence-length phases, resumable.
+"""The pre-training loop: MLM (+ NSP or SOP), one or two sequence-length phases, resumable.
 
 `run(config, workdir)` is what `bert-jax pretrain` calls. In order:
 1. start jax.distributed if asked, build the (data, fsdp, tensor) mesh;
@@ -27,10 +27,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import checkpoint, configlib, flops, optim, sharding
+from bert_jax import checkpoint, configlib, flops, heads, optim, sharding
 from bert_jax import model as model_lib
 from bert_jax.errors import UserError
-from bert_jax.train import objectives
 from bert_jax.train import state as state_lib
 from bert_jax.train import step as step_lib
 from bert_jax.train.writer import MetricWriter
@@ -93,8 +92,11 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
         if tokenizer.vocab_size > config.model.vocab_size:
             raise UserError(f"demo vocab has {tokenizer.vocab_size} tokens but the model "
                             f"{config.model.vocab_size}")
+        # The objective's pair task; MLM alone reads any data, and gets the original pairs.
+        pair = heads.objective(heads.config_objective(config)).pair
         common = dict(max_seq_length=d.demo_max_seq_length,
-                      max_predictions_per_seq=d.demo_max_predictions, progress=False)
+                      max_predictions_per_seq=d.demo_max_predictions, progress=False,
+                      pair_objective="nsp" if pair == "none" else pair)
         data.create_pretraining_data([str(train_txt)], str(root / "train"), tokenizer,
                                      dupe_factor=d.demo_dupe_factor, **common)
         data.create_pretraining_data([str(eval_txt)], str(root / "eval"), tokenizer,
@@ -112,12 +114,18 @@ def make_loader(config: ml_collections.ConfigDict, directory: str, batch_size: i
 
     if not Path(directory).exists():
         raise UserError(f"data directory not found: {directory}")
-    return data.PretrainingLoader(
+    loader = data.PretrainingLoader(
         directory, batch_size // jax.process_count(), seed=seed,
         shuffle=train, repeat=train, drop_remainder=train,
         process_index=jax.process_index(), process_count=jax.process_count(),
         masking=config.data.masking or None, masked_lm_prob=config.data.masked_lm_prob,
         whole_word_masking=config.data.whole_word_masking)
+    name = heads.config_objective(config)
+    pair = heads.objective(name).pair
+    if pair != "none" and loader.pair_objective != pair:
+        raise UserError(f"{directory} was made with --pair-objective {loader.pair_objective}, "
+                        f"but the objective {name} needs --pair-objective {pair} data")
+    return loader
 
 
 def eval_batches(loader, count: int):
@@ -172,9 +180,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     total = int(t.total_steps)
 
     mcfg = configlib.model_config(config.model)
-    head = "pretraining" if config.nsp else "mlm"
+    spec = heads.objective(heads.config_objective(config))
+    head = spec.head
     module = model_lib.build(mcfg, head)
-    objective = objectives.PreTraining(module)
+    objective = spec.make(module)
     optimizer, schedule = optim.build(config.optimizer, total)
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
     for phase in phases:
@@ -223,7 +232,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                 raise UserError(f"phase {phase.index + 1} data has sequences of {seq_len} "
                                 f"tokens; the model has {mcfg.max_position_embeddings} positions")
             step_flops = phase.batch_size * flops.train_flops(
-                mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]), config.nsp)
+                mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]),
+                heads.head(head).pair)
             batches = iter(loader)
             pending: list[tuple[int, dict]] = []
             window_start, window_steps = time.perf_counter(), 0

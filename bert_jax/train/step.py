@@ -22,19 +22,21 @@ import optax
 from jax.sharding import Mesh
 
 from bert_jax import sharding
+from bert_jax.train.objectives import Objective
 from bert_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def _loss(objective, params, batch, rng, dens):
+def _loss(objective: Objective, params: Any, batch: Batch, rng: jax.Array,
+          dens: Metrics) -> tuple[jax.Array, Metrics]:
     nums = objective.numerators(params, batch, rng, train=True)
     loss = sum(nums[k] / jnp.maximum(dens[k], 1e-9) for k in objective.loss_names())
     return loss, nums
 
 
-def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
+def make_train_step(objective: Objective, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, *, accum_steps: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The train step for any objective (objectives.PreTraining, .Classification)."""
@@ -91,7 +93,7 @@ def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
     return step
 
 
-def make_eval_step(objective: Any) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(objective: Objective) -> Callable[[Any, Batch], Metrics]:
     """`(params, batch) -> sums`: numerators and denominators, summed exactly over batches.
 
     Keys are `<metric>/num` and `<metric>/den`; `finish_eval` divides them.
