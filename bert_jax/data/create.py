@@ -44,7 +44,8 @@ DEFAULT_INSTANCES_PER_SHARD = 16384
 _BYTES_PER_INSTANCE_TOKEN = 3.6
 
 
-def _vocab_facts(tokenizer) -> dict[str, Any]:
+def vocab_facts(tokenizer) -> dict[str, Any]:
+    """What a dataset records of its vocab (and what `evaluate` checks a model against)."""
     vocab = sorted(tokenizer.backend.get_vocab().items(), key=lambda kv: kv[1])
     text = "".join(token + "\n" for token, _ in vocab)
     return {
@@ -137,7 +138,7 @@ def create_pretraining_data(
 
     unit_bytes = max(1024, int(instances_per_shard * _BYTES_PER_INSTANCE_TOKEN
                                * cfg.max_num_tokens / cfg.dupe_factor))
-    facts = _vocab_facts(tokenizer)
+    facts = vocab_facts(tokenizer)
     knobs = {**dataclasses.asdict(cfg), "input_format": input_format,
              "instances_per_shard": instances_per_shard, "unit_bytes": unit_bytes,
              "vocab_size": facts["vocab_size"], "vocab_sha256": facts["vocab_sha256"],

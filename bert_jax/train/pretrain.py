@@ -293,9 +293,5 @@ def evaluate(config: ml_collections.ConfigDict, eval_step, params: Any, phase: P
              mesh) -> dict[str, float]:
     """The train metrics on `eval_batches` batches of the phase's held-out data."""
     loader = make_loader(config, phase.eval, phase.batch_size, seed=0, train=False)
-    sums: dict[str, float] = {}
-    for batch in eval_batches(loader, int(config.train.eval_batches)):
-        out = jax.device_get(eval_step(params, sharding.global_batch(batch, mesh)))
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    return step_lib.finish_eval(sums) if sums else {}
+    return step_lib.run_eval(eval_step, params,
+                             eval_batches(loader, int(config.train.eval_batches)), mesh)
