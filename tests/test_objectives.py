@@ -136,6 +136,16 @@ def test_a_run_refuses_data_of_another_pair_task(small_data):
         assert loader.pair_objective == pair
 
 
+def test_held_out_eval_counts_every_example_once(small_data):
+    """More eval batches than the data fills: the rest are zero-weight, never a 2nd pass."""
+    loader = pretrain.make_loader(_tiny(small_data, "sop", "mlm_sop"), small_data["sop"], 8,
+                                  seed=0, train=False)
+    batches = list(pretrain.eval_batches(loader, 3 * len(loader) + 1))
+    assert len(batches) == 3 * len(loader) + 1
+    assert sum(b["example_weight"].sum() for b in batches) == loader.num_examples
+    assert not any(b["masked_lm_weights"].any() for b in batches[len(loader):])
+
+
 @pytest.mark.slow
 def test_tiny_mlm_sop_run_reports_sentence_order(small_data, tmp_path):
     result = pretrain.run(_tiny(small_data, "sop", "mlm_sop"), tmp_path / "run",

@@ -133,9 +133,11 @@ def eval_batches(loader, count: int):
     loader's batches, then zero-weight copies of the last one if it runs out."""
     last = None
     it = iter(loader)
+    exhausted = False  # a loader called again after its last batch starts a new epoch
     for _ in range(count):
-        batch = next(it, None)
+        batch = None if exhausted else next(it, None)
         if batch is None:
+            exhausted = True
             if last is None:
                 return
             batch = {k: np.zeros_like(v) if k in ("masked_lm_weights", "example_weight")
