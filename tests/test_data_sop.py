@@ -20,6 +20,7 @@ from test_data_instances import _documents, _find, _instances
 from bert_jax import cli
 from bert_jax.data import create_pretraining_data, demo_corpus_path, instances
 from bert_jax.data.rng import Uniforms
+from bert_jax.errors import UserError
 from bert_jax.tokenizer import Tokenizer
 
 
@@ -122,3 +123,28 @@ def test_create_data_pair_objective_flag():
     assert parser.parse_args(base + ["--no-nsp"]).pair_objective == "none"
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--pair-objective", "random"])
+
+
+@pytest.mark.parametrize("nsp,pair", [(True, "nsp"), (False, "none")])
+def test_data_made_before_pair_objective_still_reads_and_resumes(tmp_path, tokenizer, nsp,
+                                                                  pair):
+    """Metadata written before `pair_objective` existed has `nsp`, a bool."""
+    import json
+
+    from bert_jax.data import PretrainingLoader
+
+    path = str(shared_file("corpus", "sample_text.txt"))
+    create_pretraining_data([path], str(tmp_path / "d"), tokenizer, pair_objective=pair,
+                            dupe_factor=1, progress=False)
+    meta_path = tmp_path / "d" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["nsp"] = nsp
+    del meta["pair_objective"]
+    meta_path.write_text(json.dumps(meta))
+    assert PretrainingLoader(tmp_path / "d", 4).pair_objective == pair
+    again = create_pretraining_data([path], str(tmp_path / "d"), tokenizer,
+                                    pair_objective=pair, dupe_factor=1, progress=False)
+    assert again["already_complete"]
+    with pytest.raises(UserError, match="pair_objective"):
+        create_pretraining_data([path], str(tmp_path / "d"), tokenizer,
+                                pair_objective="sop", dupe_factor=1, progress=False)

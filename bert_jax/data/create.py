@@ -192,6 +192,8 @@ def _check_existing(root: Path, knobs: dict[str, Any]) -> dict[str, Any] | None:
                             "choose an empty or new directory")
         return None
     meta = shards.read_metadata(root)
+    # Data made before `pair_objective` records `nsp` (a bool): the same knob.
+    meta["pair_objective"] = instances.pair_objective_of(meta)
     diff = {k: f"{k}: {meta.get(k)!r} there, {v!r} now" for k, v in knobs.items()
             if meta.get(k) != v}
     if diff:
