@@ -70,22 +70,21 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: Path, progress: bool = Tru
 def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float]:
     """The pre-training metrics of `workdir`'s last checkpoint on `eval_dir` (static
     masks), over its first `batches` batches (0: all of it)."""
-    from bert_jax import checkpoint, configlib, optim, sharding
+    from bert_jax import checkpoint, configlib, heads, optim, sharding
     from bert_jax import model as model_lib
     from bert_jax.data import PretrainingLoader
-    from bert_jax.train import objectives
     from bert_jax.train import pretrain as pretrain_lib
     from bert_jax.train import state as state_lib
     from bert_jax.train import step as step_lib
 
     config = configlib.load_saved(workdir)
-    module = model_lib.build(configlib.model_config(config.model),
-                             "pretraining" if config.nsp else "mlm")
+    spec = heads.objective(heads.config_objective(config))
+    module = model_lib.build(configlib.model_config(config.model), spec.head)
     params, step = checkpoint.restore_params(Path(workdir) / "checkpoints")
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
     optimizer, _ = optim.build(config.optimizer, int(config.train.total_steps))
     eval_step = step_lib.jit_eval_step(
-        step_lib.make_eval_step(objectives.PreTraining(module)),
+        step_lib.make_eval_step(spec.make(module)),
         state_lib.state_shardings(module, optimizer, mesh).params, mesh)
     batch_size = int(config.train.batch_size)
     n = PretrainingLoader(eval_dir, batch_size, shuffle=False, repeat=False,
