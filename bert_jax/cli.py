@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "bert_jax.commands.convert",  # convert
     "bert_jax.commands.data",  # train-vocab, create-data
     "bert_jax.commands.pretrain",  # pretrain, export
+    "bert_jax.commands.evaluate",  # evaluate
     "bert_jax.commands.glue",  # glue, predict
 )
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bert_jax import heads, weights
 from bert_jax import model as modeling
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
@@ -159,12 +160,8 @@ def _attention(module: modeling.BertModel, params: Any, batch: dict[str, jax.Arr
 # ---- the engine -------------------------------------------------------------------------
 
 def infer_head(params: Any) -> str:
-    """Which `model.build` head a parameter tree belongs to."""
-    if "cls_predictions" in params:
-        return "pretraining" if "cls_seq_relationship" in params else "mlm"
-    if "classifier" in params:
-        return "classification"
-    return "encoder"
+    """Which registered head (bert_jax/heads.py) a parameter tree belongs to."""
+    return heads.detect(weights.hf_names(params))
 
 
 @dataclasses.dataclass
@@ -203,8 +200,8 @@ class Predictor:
         self._jit_embed = self._jit("embed", functools.partial(_embed, encoder),
                                     static_argnames=("layer", "pooling"))
         self._jit_attention = self._jit("attention", functools.partial(_attention, encoder))
-        if self.head in ("pretraining", "mlm"):
-            pretraining = modeling.BertForPreTraining(config, nsp=self.head == "pretraining")
+        if heads.head(self.head).mlm:
+            pretraining = modeling.build(config, self.head)
             self._jit_fill_mask = self._jit("fill_mask", functools.partial(_fill_mask, pretraining),
                                             static_argnames=("top_k", "num_tokens"))
             self._jit_nsp = self._jit("nsp", functools.partial(_nsp, pretraining))

@@ -21,7 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bert_jax import sharding
+from bert_jax import heads, sharding
 from bert_jax.config import BertConfig
 
 Array = jax.Array
@@ -520,19 +520,11 @@ class BertForSequenceClassification(nn.Module):
 
 # ---- parameters -------------------------------------------------------------------------
 
-HEADS = {
-    "encoder": lambda cfg: BertModel(cfg),
-    "pretraining": lambda cfg: BertForPreTraining(cfg),
-    "mlm": lambda cfg: BertForPreTraining(cfg, nsp=False),
-    "classification": lambda cfg: BertForSequenceClassification(cfg),
-}
-
-
 def build(config: BertConfig, head: str = "pretraining") -> nn.Module:
-    """The module for one use: encoder, pretraining (MLM+NSP), mlm, classification."""
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose from {sorted(HEADS)}")
-    return HEADS[head](config)
+    """The module of a registered head (bert_jax/heads.py): encoder, pretraining
+    (MLM + the sentence-pair head), mlm, classification."""
+    spec = heads.head(head)
+    return globals()[spec.module](config, **dict(spec.options))
 
 
 def _dummy_inputs(config: BertConfig) -> tuple[Array, ...]:

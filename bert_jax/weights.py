@@ -29,17 +29,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from bert_jax import files
+from bert_jax import files, heads
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
 from bert_jax.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("encoder", "pretraining", "mlm", "classification")
-# What each head is called in transformers (config.json "architectures").
-ARCHITECTURES = {"encoder": "BertModel", "pretraining": "BertForPreTraining",
-                 "mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"}
 CONFIG_FILES = ("config.json", "bert_config.json")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")
 
@@ -96,6 +92,11 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
 _VOCAB_ROWS = ("embeddings.word_embeddings.weight", "cls.predictions.bias")
 
 
+def hf_names(params: Any) -> list[str]:
+    """The HF state-dict names of a Flax param tree's leaves (no array is read)."""
+    return [hf_name(path) for path, _ in _flatten(params)]
+
+
 def flax_to_hf(params: Any, *, vocab_size: int) -> dict[str, np.ndarray]:
     """A Flax param tree -> an HF state dict (float32 numpy, torch [out, in] kernels), the
     vocabulary tensors cut to `vocab_size` rows (their padding is bert-jax's own)."""
@@ -141,15 +142,8 @@ _OPTIONAL = ("pooler.", "cls.", "classifier.")
 
 
 def detect_head(names: list[str]) -> str:
-    """The head a checkpoint was saved with, from its tensor names."""
-    names = [_canonical(n) for n in names]
-    if any(n.startswith("classifier.") for n in names):
-        return "classification"
-    if any(n.startswith("cls.seq_relationship.") for n in names):
-        return "pretraining"
-    if any(n.startswith("cls.predictions.") for n in names):
-        return "mlm"
-    return "encoder"
+    """The head a checkpoint was saved with, from its tensor names (any naming style)."""
+    return heads.detect([_canonical(n) for n in names])
 
 
 def _expected(config: BertConfig, head: str) -> dict[str, tuple[tuple[str, ...], tuple]]:
@@ -724,8 +718,8 @@ def load_pretrained(name_or_path: str | Path, head: str = "pretraining", *, rng:
     replace config fields, e.g. `dtype="bfloat16"`, `num_labels=3`. Tensors the head
     lacks are initialised from `rng` and listed in `report.initialized`.
     """
-    if head not in (*HEADS, "auto"):
-        raise UserError(f"unknown head {head!r}; choose from {', '.join(HEADS)} or auto")
+    if head != "auto":
+        heads.head(head)  # a UserError for an unknown head
     if is_workdir(name_or_path):
         source, (sd, config, vocab) = None, read_workdir(Path(name_or_path), **config_overrides)
         fmt, notes, directory = "bert-jax checkpoint", [], Path(name_or_path)
@@ -756,21 +750,19 @@ def save_pretrained(directory: str | Path, config: BertConfig, params: Any,
                     tokenizer: Tokenizer | None = None, head: str = "pretraining") -> Path:
     """Writes the HF layout: config.json, model.safetensors (fp32), vocab + tokenizer.json.
 
-    `transformers.<ARCHITECTURES[head]>.from_pretrained(directory)` loads it with no
-    missing or unexpected keys. The MLM-only head exports as BertForMaskedLM, which has
-    no pooler (an MLM-only model never trains it).
+    `transformers.<heads.HEADS[head].architecture>.from_pretrained(directory)` loads it
+    with no missing or unexpected keys (tensors that class lacks, such as the MLM-only
+    head's pooler, are left out).
     """
     from safetensors.numpy import save_file
 
-    if head not in HEADS:
-        raise UserError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    spec = heads.head(head)
     d = files.check_writable_dir(directory)
     sd = flax_to_hf(params, vocab_size=config.vocab_size)
-    if head == "mlm":
-        sd = {k: v for k, v in sd.items() if not k.startswith("bert.pooler.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith(spec.not_exported)}
     with files.atomic_path(d / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})
-    hf = config.to_hf_dict(architectures=(ARCHITECTURES[head],))
+    hf = config.to_hf_dict(architectures=(spec.architecture,))
     files.write_json_atomic(d / "config.json", hf)
     if tokenizer is not None:
         tokenizer.save(d)

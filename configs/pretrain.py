@@ -30,7 +30,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.preset = arg
     c.seed = 0
     c.model = configlib.model_section("base")
-    c.nsp = True  # False: MLM-only (no NSP head, NSP labels ignored)
+    # What pre-training minimises (bert_jax/heads.py OBJECTIVES): mlm_nsp (the original),
+    # mlm (MLM alone), mlm_sop (ALBERT's sentence order; needs --pair-objective sop data).
+    c.objective = "mlm_nsp"
+    c.nsp = True  # False: an alias of objective="mlm" (no NSP head, NSP labels ignored)
     c.init_from = ""  # released weights / bert-jax workdir to continue pre-training from
 
     c.data = ml_collections.ConfigDict(dict(

@@ -38,7 +38,7 @@ def make_data(spec: DataSpec, study: ml_collections.ConfigDict, out_dir: Path
         files, str(out_dir), Tokenizer.from_vocab(study.pretrain.data.vocab),
         max_seq_length=spec.max_seq_length, max_predictions_per_seq=spec.max_predictions,
         masked_lm_prob=spec.masked_lm_prob or 0.15, whole_word_masking=bool(spec.whole_word),
-        masking=spec.masking, nsp=spec.nsp,
+        masking=spec.masking, pair_objective="nsp" if spec.nsp else "none",
         dupe_factor=int(c.dupe_factor) if spec.split == "train" else 1,
         short_seq_prob=float(c.short_seq_prob), random_seed=int(c.seed),
         input_format=c.input_format, num_workers=int(c.workers), progress=False)
@@ -70,23 +70,22 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: Path, progress: bool = Tru
 def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float]:
     """The pre-training metrics of `workdir`'s last checkpoint on `eval_dir` (static
     masks), over its first `batches` batches (0: all of it)."""
-    from bert_jax import checkpoint, configlib, optim, sharding
+    from bert_jax import checkpoint, configlib, heads, optim, sharding
     from bert_jax import model as model_lib
     from bert_jax.data import PretrainingLoader
-    from bert_jax.train import objectives
     from bert_jax.train import pretrain as pretrain_lib
     from bert_jax.train import state as state_lib
     from bert_jax.train import step as step_lib
 
     config = configlib.load_saved(workdir)
-    module = model_lib.build(configlib.model_config(config.model),
-                             "pretraining" if config.nsp else "mlm")
+    spec = heads.objective(heads.config_objective(config))
+    module = model_lib.build(configlib.model_config(config.model), spec.head)
     params, step = checkpoint.restore_params(Path(workdir) / "checkpoints")
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
     rules = sharding.config_rules(config.mesh)
     optimizer, _ = optim.build(config.optimizer, int(config.train.total_steps))
     eval_step = step_lib.jit_eval_step(
-        step_lib.make_eval_step(objectives.PreTraining(module)),
+        step_lib.make_eval_step(spec.make(module)),
         state_lib.state_shardings(module, optimizer, mesh, rules).params, mesh, rules)
     batch_size = int(config.train.batch_size)
     n = PretrainingLoader(eval_dir, batch_size, shuffle=False, repeat=False,

@@ -62,7 +62,7 @@ def test_single_document_corpus(tmp_path, tokenizer):
     with pytest.raises(UserError, match="single document.*--no-nsp"):
         _make(tmp_path, tokenizer, one_doc)
     assert not any((tmp_path / "out").iterdir())  # a failed run leaves nothing behind
-    stats = _make(tmp_path, tokenizer, one_doc, nsp=False)
+    stats = _make(tmp_path, tokenizer, one_doc, pair_objective="none")
     assert stats["num_instances"] >= 2 and stats["documents"] == 1
 
 

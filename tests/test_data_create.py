@@ -100,7 +100,7 @@ def test_metadata_describes_the_data(reference, tokenizer):
     assert meta["complete"] and meta["format"] == "bert-jax-pretraining/1"
     expected = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0.15,
                     dupe_factor=2, short_seq_prob=0.1, random_seed=12345,
-                    whole_word_masking=False, masking="static", nsp=True,
+                    whole_word_masking=False, masking="static", pair_objective="nsp",
                     input_format="wikitext", vocab_size=28996, token_dtype="<u2",
                     special_ids={"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103})
     assert {k: meta[k] for k in expected} == expected

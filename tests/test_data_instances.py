@@ -115,7 +115,7 @@ def test_sample_text_instances_follow_the_rules(tmp_path, tokenizer, max_seq_len
 def test_nsp_off_makes_single_segments(tmp_path, tokenizer):
     path = shared_file("corpus", "sample_text.txt")
     docs = _documents(path, tokenizer)
-    create_pretraining_data([str(path)], str(tmp_path / "d"), tokenizer, nsp=False,
+    create_pretraining_data([str(path)], str(tmp_path / "d"), tokenizer, pair_objective="none",
                             max_seq_length=64, dupe_factor=3, progress=False)
     count = 0
     for inst, ids in _instances(tmp_path / "d"):

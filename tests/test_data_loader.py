@@ -24,7 +24,7 @@ def demo(tmp_path_factory):
     common = dict(dupe_factor=1, max_seq_length=64, max_predictions_per_seq=10,
                   instances_per_shard=600, progress=False)
     for name, kw in (("static", {}), ("dynamic", {"masking": "dynamic"}),
-                     ("nonsp", {"nsp": False})):
+                     ("nonsp", {"pair_objective": "none"})):
         create_pretraining_data([corpus], str(root / name), tok, **common, **kw)
     return root, tok
 

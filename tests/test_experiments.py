@@ -85,7 +85,7 @@ def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
     from bert_jax.data import PretrainingLoader
     from bert_jax.data.shards import read_metadata
 
-    assert read_metadata(Path(cfg.data.train))["nsp"] is False
+    assert read_metadata(Path(cfg.data.train))["pair_objective"] == "none"
     batch = next(iter(PretrainingLoader(cfg.data.train, 32, seed=0)))
     assert not batch["token_type_ids"].any()  # one segment: no token type 1
     real = batch["attention_mask"].sum(axis=1)

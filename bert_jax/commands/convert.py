@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bert_jax import cli
+from bert_jax import cli, heads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="hub name, HF directory, weights file, or TF checkpoint dir/prefix")
     p.add_argument("--to", required=True, metavar="DIR", help="output directory")
     p.add_argument("--head", default="auto",
-                   choices=("auto", "pretraining", "mlm", "encoder", "classification"),
+                   choices=("auto", *heads.HEADS),
                    help="which model to export (default: the one the checkpoint holds)")
     cli.add_common(p, json=True)
     p.set_defaults(func=run)
@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     report = loaded.report
     if args.json:
         print(json.dumps({**report.to_dict(), "to": str(out),
-                          "architecture": weights.ARCHITECTURES[loaded.head]}))
+                          "architecture": heads.HEADS[loaded.head].architecture}))
         return 0
-    print(f"wrote {out} ({weights.ARCHITECTURES[loaded.head]}, {report.loaded} tensors "
+    print(f"wrote {out} ({heads.HEADS[loaded.head].architecture}, {report.loaded} tensors "
           f"from {report.format})")
     for label, names in (("initialised randomly", report.initialized),
                          ("ignored", report.ignored)):

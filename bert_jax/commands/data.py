@@ -44,9 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masking", choices=("static", "dynamic"), default="static",
                    help="static: masks fixed now (the original); dynamic: the loader draws "
                         "masks each time it sees an example (default static)")
-    p.add_argument("--no-nsp", action="store_true",
-                   help="no next-sentence pairs: single segments that fill the length "
-                        "(default: NSP pairs)")
+    p.add_argument("--pair-objective", choices=("nsp", "sop", "none"), default="nsp",
+                   help="sentence pairs for: nsp (B follows A or is from a random document, "
+                        "the original), sop (A and B in or out of order, one document), "
+                        "none (single segments that fill the length) (default nsp)")
+    p.add_argument("--no-nsp", dest="pair_objective", action="store_const", const="none",
+                   help="the same as --pair-objective none")
     p.add_argument("--input-format", choices=("sentences", "documents", "wikitext"),
                    default="sentences",
                    help="sentences: one per line, blank line between documents; "
@@ -131,14 +134,16 @@ def run_create_data(args: argparse.Namespace) -> int:
         max_predictions_per_seq=args.max_predictions, masked_lm_prob=args.masked_lm_prob,
         dupe_factor=args.dupe_factor, short_seq_prob=args.short_seq_prob,
         random_seed=args.seed, whole_word_masking=args.whole_word, masking=args.masking,
-        nsp=not args.no_nsp, input_format=args.input_format, num_workers=args.workers,
+        pair_objective=args.pair_objective, input_format=args.input_format,
+        num_workers=args.workers,
         instances_per_shard=args.instances_per_shard or create.DEFAULT_INSTANCES_PER_SHARD,
         progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps({"output": args.output, **stats}, sort_keys=True))
     else:
         keys = ("num_instances", "num_shards", "documents", "sentences", "tokens",
-                "random_next", "empty_files", "invalid_utf8_lines", "split_documents",
+                "random_next", "swapped_order", "empty_files", "invalid_utf8_lines",
+                "split_documents",
                 "single_sentence_documents", "seconds", "instances_per_second")
         print(f"wrote {args.output}")
         for k in keys:

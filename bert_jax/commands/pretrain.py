@@ -31,7 +31,7 @@ often it saves and evaluates. Any field: --config.FIELD=VALUE (see configs/pretr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pre-train BERT (MLM + NSP); resumes a workdir",
+    p = sub.add_parser("pretrain", help="pre-train BERT (MLM + NSP or SOP); resumes a workdir",
                        description=PRETRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p, config=DEFAULT_CONFIG, json=True,
@@ -73,13 +73,14 @@ def run_pretrain(args: argparse.Namespace) -> int:
         print(json.dumps(result, sort_keys=True))
     else:
         keys = ("loss", "masked_lm_accuracy", "eval_masked_lm_accuracy",
-                "next_sentence_accuracy", "eval_next_sentence_accuracy", "seq_per_s")
+                "next_sentence_accuracy", "eval_next_sentence_accuracy",
+                "sentence_order_accuracy", "eval_sentence_order_accuracy", "seq_per_s")
         print("done: " + ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from bert_jax import checkpoint, configlib, weights
+    from bert_jax import checkpoint, configlib, heads, weights
     from bert_jax.errors import UserError
     from bert_jax.paths import as_path
     from bert_jax.tokenizer import Tokenizer
@@ -97,7 +98,7 @@ def run_export(args: argparse.Namespace) -> int:
     weights.check_vocab_rows(tokenizer.vocab_size, model_config.vocab_size, config.data.vocab)
     ckpt_dir = as_path(args.workdir) / "checkpoints"
     params, step = checkpoint.restore_params(ckpt_dir, args.step)
-    head = "pretraining" if config.nsp else "mlm"
+    head = heads.objective(heads.config_objective(config)).head
     # Through the loader's checks: a config.json edited since the run (or from another
     # run) must not be written beside weights it does not describe.
     params, _ = weights.hf_to_flax(weights.flax_to_hf(params, vocab_size=model_config.vocab_size),

@@ -1,4 +1,4 @@
-"""`create_pretraining_data`: text files -> a sharded dataset of MLM(+NSP) instances.
+"""`create_pretraining_data`: text files -> a sharded dataset of MLM(+NSP/SOP) instances.
 
 Streams the input through fixed work units (`documents.work_units`); each unit becomes
 exactly one shard (`instances.unit_instances`), written atomically (`shards`). Workers
@@ -45,7 +45,8 @@ DEFAULT_INSTANCES_PER_SHARD = 16384
 _BYTES_PER_INSTANCE_TOKEN = 3.6
 
 
-def _vocab_facts(tokenizer) -> dict[str, Any]:
+def vocab_facts(tokenizer) -> dict[str, Any]:
+    """What a dataset records of its vocab (and what `evaluate` checks a model against)."""
     vocab = sorted(tokenizer.backend.get_vocab().items(), key=lambda kv: kv[1])
     text = "".join(token + "\n" for token, _ in vocab)
     return {
@@ -107,14 +108,15 @@ def create_pretraining_data(
         max_seq_length: int = 128, max_predictions_per_seq: int = 20,
         masked_lm_prob: float = 0.15, dupe_factor: int = 10, short_seq_prob: float = 0.1,
         random_seed: int = 12345, whole_word_masking: bool = False, masking: str = "static",
-        nsp: bool = True, input_format: str = "sentences", num_workers: int = 1,
+        pair_objective: str = "nsp", input_format: str = "sentences", num_workers: int = 1,
         instances_per_shard: int = DEFAULT_INSTANCES_PER_SHARD,
         progress: bool = True) -> dict[str, Any]:
     """Writes the dataset to `output_dir` (resuming one left unfinished); returns its stats.
 
     The knobs are google-research/bert's, with its defaults; `masking="dynamic"` keeps
-    the tokens unmasked (the loader masks them), `nsp=False` makes single-segment
-    instances, `input_format` is "sentences" (one per line, blank line between
+    the tokens unmasked (the loader masks them), `pair_objective` is "nsp" (the
+    original), "sop" (sentence order, both segments from one document) or "none"
+    (single-segment instances), `input_format` is "sentences" (one per line, blank line between
     documents), "documents" (one per line) or "wikitext". `instances_per_shard` is a
     target: a shard is a unit of whole documents, so its size varies around it.
     """
@@ -122,7 +124,7 @@ def create_pretraining_data(
         max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
         masked_lm_prob=masked_lm_prob, dupe_factor=dupe_factor, short_seq_prob=short_seq_prob,
         random_seed=random_seed, whole_word_masking=whole_word_masking, masking=masking,
-        nsp=nsp)
+        pair_objective=pair_objective)
     cfg.validate()
     if input_format not in documents.INPUT_FORMATS:
         raise UserError(f"unknown input format {input_format!r}; use one of "
@@ -137,7 +139,7 @@ def create_pretraining_data(
 
     unit_bytes = max(1024, int(instances_per_shard * _BYTES_PER_INSTANCE_TOKEN
                                * cfg.max_num_tokens / cfg.dupe_factor))
-    facts = _vocab_facts(tokenizer)
+    facts = vocab_facts(tokenizer)
     knobs = {**dataclasses.asdict(cfg), "input_format": input_format,
              "instances_per_shard": instances_per_shard, "unit_bytes": unit_bytes,
              "vocab_size": facts["vocab_size"], "vocab_sha256": facts["vocab_sha256"],
@@ -168,7 +170,7 @@ def create_pretraining_data(
     read_stats = documents.ReadStats()
     try:
         made = _run_units(files, input_format, unit_bytes, read_stats, job, tokenizer, done,
-                          num_workers, progress, cfg.nsp)
+                          num_workers, progress, cfg.pair_objective == "nsp")
         if read_stats.documents == 0:
             raise UserError(f"no text found in {', '.join(map(str, files))} (all empty?)")
     except UserError:
@@ -179,7 +181,7 @@ def create_pretraining_data(
 
     meta = _finish(root, base, made["units"], done, read_stats)
     seconds = time.perf_counter() - started
-    _log_skips(meta["stats"], root)
+    _log_skips(meta["stats"], root, cfg.pair_objective)
     return {**_summary(meta), "seconds": seconds, "new_shards": made["new"],
             "instances_per_second": made["new_instances"] / max(seconds, 1e-9)}
 
@@ -192,6 +194,8 @@ def _check_existing(root: Path, knobs: dict[str, Any]) -> dict[str, Any] | None:
                             "choose an empty or new directory")
         return None
     meta = shards.read_metadata(root)
+    # Data made before `pair_objective` records `nsp` (a bool): the same knob.
+    meta["pair_objective"] = instances.pair_objective_of(meta)
     diff = {k: f"{k}: {meta.get(k)!r} there, {v!r} now" for k, v in knobs.items()
             if meta.get(k) != v}
     if diff:
@@ -231,14 +235,17 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
             **meta["stats"]}
 
 
-def _log_skips(stats: dict[str, Any], root: Path) -> None:
+def _log_skips(stats: dict[str, Any], root: Path, pair_objective: str) -> None:
+    single = {"nsp": "always paired with a random next", "none": "one segment each",
+              "sop": "A and B cut from the one sentence"}[pair_objective]
     for key, what in (("empty_files", "empty input files skipped"),
                       ("invalid_utf8_lines", "lines had invalid UTF-8 bytes (dropped)"),
                       ("split_documents", "over-long documents were cut into parts"),
                       ("documents_without_tokens",
                        "documents had no tokens once tokenized (skipped)"),
                       ("single_sentence_documents",
-                       "one-sentence documents (always paired with a random next)"),
+                       f"one-sentence documents ({single})"),
+                      ("sop_unsplittable_chunks", "one-token chunks SOP cannot split (skipped)"),
                       ("same_document_random_next",
                        "random-next segments came from the same document (unit too small)")):
         if stats.get(key):
@@ -278,7 +285,8 @@ def _run_units(files, input_format, unit_bytes, read_stats, job: _Job, tokenizer
                 raise UserError(
                     "the corpus has a single document, but NSP draws its random next "
                     "sentences from other documents; add documents (a blank line separates "
-                    "them), pick the right --input-format, or pass --no-nsp")
+                    "them), pick the right --input-format, or pass --pair-objective sop "
+                    "(pairs within a document) or none (single segments, = --no-nsp)")
             if index in done:
                 bar.update(nbytes)
                 continue

@@ -1,7 +1,7 @@
 """One work unit of documents -> pre-training instances (google-research/bert's rules).
 
 For each of `dupe_factor` passes and each document (`create_instances_from_document`):
-* the target length is `max_num_tokens` (= max_seq_length - 3, or - 2 without NSP), but
+* the target length is `max_num_tokens` (= max_seq_length - 3, or - 2 without pairs), but
   with probability `short_seq_prob` it is `randint(2, max_num_tokens)` for that document
   (once per document and pass, as in the original);
 * sentences are gathered into a chunk until it reaches the target or the document ends;
@@ -14,7 +14,17 @@ For each of `dupe_factor` passes and each document (`create_instances_from_docum
 * the pair is truncated to `max_num_tokens` one token at a time from the longer segment
   (B on a tie), each time from its front or back with probability 1/2;
 * the layout is `[CLS] A [SEP] B [SEP]` (token types 0 up to the first [SEP], 1 after).
-Without NSP a chunk is one segment, `[CLS] chunk [SEP]`, truncated the same way.
+Without pairs (`pair_objective="none"`) a chunk is one segment, `[CLS] chunk [SEP]`,
+truncated the same way.
+
+Sentence-order prediction (`pair_objective="sop"`, ALBERT's task) splits the chunk the
+same way, and B is always the rest of the chunk: both segments come from one document,
+never another. With probability 0.5 the two are swapped (label 1, "swapped"; 0 is "in
+order"), then truncated as above. A one-sentence chunk, which NSP (and ALBERT's own
+script) pairs with a random document, is instead cut at a random token into A and B;
+a one-token chunk cannot be split and makes no instance (counted in
+`sop_unsplittable_chunks`). The label lives in `next_sentence_labels`, whose 0 means
+"B is A's true continuation" for both tasks.
 
 Differences from the original, all forced by bounded memory and worker-count
 independence: the random next document comes from the same work unit (a pool of a few
@@ -41,6 +51,8 @@ from bert_jax.errors import UserError
 
 # Domain tags keep the seeds of different uses apart.
 PLAN, SHUFFLE, STATIC_MASK, DYNAMIC_MASK = 1, 2, 3, 4
+# The sentence-pair task the data is made for (create-data --pair-objective).
+PAIR_OBJECTIVES = ("nsp", "sop", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +67,7 @@ class InstanceConfig:
     random_seed: int = 12345
     whole_word_masking: bool = False
     masking: str = "static"  # or "dynamic": shards keep unmasked tokens
-    nsp: bool = True
+    pair_objective: str = "nsp"  # one of PAIR_OBJECTIVES
 
     def validate(self) -> None:
         if self.max_seq_length < 5 or self.max_seq_length > 65535:
@@ -73,10 +85,26 @@ class InstanceConfig:
             raise UserError(f"random_seed {self.random_seed} must be non-negative")
         if self.masking not in ("static", "dynamic"):
             raise UserError(f"masking {self.masking!r} must be 'static' or 'dynamic'")
+        if self.pair_objective not in PAIR_OBJECTIVES:
+            raise UserError(f"pair objective {self.pair_objective!r} must be one of "
+                            f"{', '.join(PAIR_OBJECTIVES)}")
+
+    @property
+    def paired(self) -> bool:
+        """Instances are `[CLS] A [SEP] B [SEP]` pairs (NSP or SOP), not single segments."""
+        return self.pair_objective != "none"
 
     @property
     def max_num_tokens(self) -> int:
-        return self.max_seq_length - (3 if self.nsp else 2)
+        return self.max_seq_length - (3 if self.paired else 2)
+
+
+def pair_objective_of(metadata: dict) -> str:
+    """The pair task a dataset's metadata.json says it was made for (data made before
+    `pair_objective` existed records `nsp`, a bool)."""
+    if "pair_objective" in metadata:
+        return str(metadata["pair_objective"])
+    return "nsp" if metadata.get("nsp", True) else "none"
 
 
 @dataclasses.dataclass
@@ -121,12 +149,13 @@ _PLAN_FIELDS = ("a_start", "a_len", "b_start", "b_len", "label", "target", "docu
 @dataclasses.dataclass
 class Plan:
     """Instances as offsets into `TokenizedUnit.tokens`: one tuple per instance of
-    (a_start, a_len, b_start, b_len, label (1 = random next), target (the target length
-    used), document, random_document (-1: is next), chunk_sentences)."""
+    (a_start, a_len, b_start, b_len, label (1 = random next, or swapped for SOP), target
+    (the target length used), document, random_document (-1: is next), chunk_sentences)."""
 
     rows: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
     short_targets: int = 0  # documents (x passes) given a short target
     same_document_random_next: int = 0  # all 10 draws hit the current document
+    sop_unsplittable_chunks: int = 0  # one-token chunks SOP cannot split (skipped)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -202,10 +231,14 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
                 continue
             # The chunk is sentences chunk..i.
             k = i - chunk + 1
-            if not cfg.nsp:
+            if not cfg.paired:
                 lo, n = starts[chunk], starts[i + 1] - starts[chunk]
                 fa, ba, _, _ = _truncation(n, 0, max_num, u)
                 append((lo + fa, n - fa - ba, 0, 0, 0, target, d, -1, k))
+                chunk = i = i + 1
+                continue
+            if cfg.pair_objective == "sop":
+                _plan_sop(plan, starts, chunk, i, max_num, (target, d, k), u)
                 chunk = i = i + 1
                 continue
             a_end = 1 if k < 2 else u.randint(1, k - 1)
@@ -237,6 +270,25 @@ def plan_pass(unit: TokenizedUnit, cfg: InstanceConfig, u: Uniforms,
     return plan
 
 
+def _plan_sop(plan: Plan, starts: list[int], chunk: int, last: int, max_num: int,
+              info: tuple[int, int, int], u: Uniforms) -> None:
+    """One SOP instance from sentences chunk..last of one document (see the module doc)."""
+    a_lo, n = starts[chunk], starts[last + 1] - starts[chunk]
+    if last > chunk:  # A: the first randint(1, k - 1) sentences
+        la = starts[chunk + u.randint(1, last - chunk)] - a_lo
+    elif n >= 2:  # one sentence: cut it at a random token
+        la = u.randint(1, n - 1)
+    else:
+        plan.sop_unsplittable_chunks += 1
+        return
+    b_lo, lb, label = a_lo + la, n - la, 0
+    if u.u() < 0.5:
+        a_lo, la, b_lo, lb, label = b_lo, lb, a_lo, la, 1
+    fa, ba, fb, bb = _truncation(la, lb, max_num, u)
+    target, d, k = info
+    plan.rows.append((a_lo + fa, la - fa - ba, b_lo + fb, lb - fb - bb, label, target, d, -1, k))
+
+
 def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id: int,
                     sep_id: int, pad_id: int, dtype=np.uint16) -> dict[str, np.ndarray]:
     """The unmasked sequences of a plan: input_ids [N, L], lengths [N] (all real tokens),
@@ -246,7 +298,7 @@ def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id
     a_start, la, b_start, lb = (table[:, i:i + 1] for i in range(4))
     pos = np.arange(L)[None, :]
     a_part = la + 2  # [CLS] A [SEP]
-    length = a_part + (lb + 1 if cfg.nsp else 0)
+    length = a_part + (lb + 1 if cfg.paired else 0)
     # One gather for all positions: A's token, else B's, else a placeholder.
     src = np.where(pos <= la, a_start + pos - 1, b_start + pos - a_part)
     np.clip(src, 0, max(len(unit.tokens) - 1, 0), out=src)
@@ -256,7 +308,7 @@ def build_sequences(unit: TokenizedUnit, plan: Plan, cfg: InstanceConfig, cls_id
     rows = np.arange(N)
     ids[:, 0] = cls_id
     ids[rows, a_part[:, 0] - 1] = sep_id
-    if cfg.nsp:
+    if cfg.paired:
         ids[rows, length[:, 0] - 1] = sep_id
     plan_label = table[:, 4]
     return {
@@ -294,9 +346,12 @@ def unit_instances(unit: TokenizedUnit, unit_index: int, cfg: InstanceConfig,
         "instances": N,
         "documents_with_tokens": unit.num_documents,
         "tokens": int(unit.sent_start[-1]),
-        "random_next": int(labels.sum()),
+        # label 1: a random next (NSP) or a swapped pair (SOP)
+        "swapped_order" if cfg.pair_objective == "sop" else "random_next": int(labels.sum()),
         "short_target_passes": plan.short_targets,
         "same_document_random_next": plan.same_document_random_next,
         "real_tokens": int(arrays["lengths"].astype(np.int64).sum()),
     }
+    if cfg.pair_objective == "sop":
+        counts["sop_unsplittable_chunks"] = plan.sop_unsplittable_chunks
     return arrays, counts

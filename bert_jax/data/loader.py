@@ -148,6 +148,11 @@ class PretrainingLoader:
         """Batches per epoch for this host."""
         return self._batches_per_epoch
 
+    @property
+    def pair_objective(self) -> str:
+        """The sentence-pair task of the data: nsp, sop or none (`next_sentence_label`)."""
+        return instances.pair_objective_of(self.metadata)
+
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
                 "num_examples": self.num_examples, "batch_size": self.batch_size,

@@ -11,7 +11,7 @@ up to the gradient of the full batch. Metrics are reported as numerator / denomi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -21,26 +21,44 @@ import optax
 Batch = dict[str, jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
-class PreTraining:
-    """MLM (+ NSP unless the model has no NSP head): the original BERT objective."""
-
-    model: nn.Module  # BertForPreTraining
-    losses: tuple[str, ...] = ("masked_lm_loss", "next_sentence_loss")
-
-    @property
-    def nsp(self) -> bool:
-        return self.model.nsp
+class Objective(Protocol):
+    """What `step.make_train_step` and `step.make_eval_step` need of an objective."""
 
     def loss_names(self) -> tuple[str, ...]:
-        return self.losses if self.nsp else ("masked_lm_loss",)
+        """The numerators whose ratios are summed into the loss that is minimised."""
+
+    def denominators(self, batch: Batch) -> dict[str, jax.Array]:
+        """Per metric, its batch-only denominator."""
+
+    def numerators(self, params: Any, batch: Batch, rng: jax.Array | None,
+                   train: bool) -> dict[str, jax.Array]:
+        """Per metric, its numerator (the part that depends on the parameters)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreTraining:
+    """MLM plus, if the model has the pair head, a sentence-pair task: the original BERT
+    objective (NSP) or ALBERT's sentence-order prediction (SOP). Both read the pair label
+    from `next_sentence_label` (0: B is A's true continuation); only the name of the
+    pair metrics, `<pair>_loss` and `<pair>_accuracy`, differs (see heads.OBJECTIVES)."""
+
+    model: nn.Module  # BertForPreTraining
+    pair: str | None = "next_sentence"  # None: MLM only
+
+    @property
+    def pair_name(self) -> str | None:
+        return self.pair if self.model.nsp else None
+
+    def loss_names(self) -> tuple[str, ...]:
+        pair = self.pair_name
+        return ("masked_lm_loss", f"{pair}_loss") if pair else ("masked_lm_loss",)
 
     def denominators(self, batch: Batch) -> dict[str, jax.Array]:
         mlm = jnp.sum(batch["masked_lm_weights"].astype(jnp.float32))
         dens = {"masked_lm_loss": mlm, "masked_lm_accuracy": mlm}
-        if self.nsp:
+        if pair := self.pair_name:
             examples = jnp.sum(_example_weights(batch))
-            dens |= {"next_sentence_loss": examples, "next_sentence_accuracy": examples}
+            dens |= {f"{pair}_loss": examples, f"{pair}_accuracy": examples}
         return dens
 
     def numerators(self, params: Any, batch: Batch, rng: jax.Array | None,
@@ -56,13 +74,14 @@ class PreTraining:
         correct = jnp.argmax(out.mlm_logits, -1) == labels
         nums = {"masked_lm_loss": jnp.sum(xent * w),
                 "masked_lm_accuracy": jnp.sum(correct * w)}
-        if self.nsp:
+        if pair := self.pair_name:
             ew = _example_weights(batch)
-            nsp_labels = batch["next_sentence_label"]
-            nsp_xent = optax.softmax_cross_entropy_with_integer_labels(out.nsp_logits, nsp_labels)
-            nsp_correct = jnp.argmax(out.nsp_logits, -1) == nsp_labels
-            nums |= {"next_sentence_loss": jnp.sum(nsp_xent * ew),
-                     "next_sentence_accuracy": jnp.sum(nsp_correct * ew)}
+            pair_labels = batch["next_sentence_label"]
+            pair_xent = optax.softmax_cross_entropy_with_integer_labels(out.nsp_logits,
+                                                                        pair_labels)
+            pair_correct = jnp.argmax(out.nsp_logits, -1) == pair_labels
+            nums |= {f"{pair}_loss": jnp.sum(pair_xent * ew),
+                     f"{pair}_accuracy": jnp.sum(pair_correct * ew)}
         return nums
 
 

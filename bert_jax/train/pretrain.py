@@ -1,4 +1,4 @@
-"""The pre-training loop: MLM (+ NSP), one or two sequence-length phases, resumable.
+"""The pre-training loop: MLM (+ NSP or SOP), one or two sequence-length phases, resumable.
 
 `run(config, workdir)` is what `bert-jax pretrain` calls. In order:
 1. apply the runtime settings (XLA flags, the compilation cache; runtime.py), start
@@ -35,12 +35,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import checkpoint, configlib, files, flops, optim, runtime, sharding
+from bert_jax import checkpoint, configlib, files, flops, heads, optim, runtime, sharding
 from bert_jax import model as model_lib
 from bert_jax.data.prefetch import Prefetcher
 from bert_jax.errors import Stopped, UserError
 from bert_jax.paths import as_path, is_local
-from bert_jax.train import objectives
 from bert_jax.train import state as state_lib
 from bert_jax.train import step as step_lib
 from bert_jax.train.profile import ProfileWindow, parse_window
@@ -130,8 +129,11 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
         if tokenizer.vocab_size > config.model.vocab_size:
             raise UserError(f"demo vocab has {tokenizer.vocab_size} tokens but the model "
                             f"{config.model.vocab_size}")
+        # The objective's pair task; MLM alone reads any data, and gets the original pairs.
+        pair = heads.objective(heads.config_objective(config)).pair
         common = dict(max_seq_length=d.demo_max_seq_length,
-                      max_predictions_per_seq=d.demo_max_predictions, progress=False)
+                      max_predictions_per_seq=d.demo_max_predictions, progress=False,
+                      pair_objective="nsp" if pair == "none" else pair)
         data.create_pretraining_data([str(train_txt)], str(root / "train"), tokenizer,
                                      dupe_factor=d.demo_dupe_factor, **common)
         data.create_pretraining_data([str(eval_txt)], str(root / "eval"), tokenizer,
@@ -149,12 +151,18 @@ def make_loader(config: ml_collections.ConfigDict, directory: str, batch_size: i
 
     if not Path(directory).exists():
         raise UserError(f"data directory not found: {directory}")
-    return data.PretrainingLoader(
+    loader = data.PretrainingLoader(
         directory, batch_size // jax.process_count(), seed=seed,
         shuffle=train, repeat=train, drop_remainder=train,
         process_index=jax.process_index(), process_count=jax.process_count(),
         masking=config.data.masking or None, masked_lm_prob=config.data.masked_lm_prob,
         whole_word_masking=config.data.whole_word_masking)
+    name = heads.config_objective(config)
+    pair = heads.objective(name).pair
+    if pair != "none" and loader.pair_objective != pair:
+        raise UserError(f"{directory} was made with --pair-objective {loader.pair_objective}, "
+                        f"but the objective {name} needs --pair-objective {pair} data")
+    return loader
 
 
 def eval_batches(loader, count: int):
@@ -162,9 +170,11 @@ def eval_batches(loader, count: int):
     loader's batches, then zero-weight copies of the last one if it runs out."""
     last = None
     it = iter(loader)
+    exhausted = False  # a loader called again after its last batch starts a new epoch
     for _ in range(count):
-        batch = next(it, None)
+        batch = None if exhausted else next(it, None)
         if batch is None:
+            exhausted = True
             if last is None:
                 return
             batch = {k: np.zeros_like(v) if k in ("masked_lm_weights", "example_weight")
@@ -220,9 +230,10 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     total = int(t.total_steps)
 
     mcfg = configlib.model_config(config.model)
-    head = "pretraining" if config.nsp else "mlm"
+    spec = heads.objective(heads.config_objective(config))
+    head = spec.head
     module = model_lib.build(mcfg, head)
-    objective = objectives.PreTraining(module)
+    objective = spec.make(module)
     optimizer, schedule = optim.build(config.optimizer, total)
     mesh = sharding.make_mesh(tuple(config.mesh.shape), dcn_shape=tuple(config.mesh.dcn_shape))
     sharding.check_host_batches(mesh)
@@ -274,7 +285,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
                 raise UserError(f"phase {phase.index + 1} data has sequences of {seq_len} "
                                 f"tokens; the model has {mcfg.max_position_embeddings} positions")
             step_flops = phase.batch_size * flops.train_flops(
-                mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]), config.nsp)
+                mcfg, seq_len, int(loader.metadata["max_predictions_per_seq"]),
+                heads.head(head).pair)
             # The batches come from a background thread, `prefetch` ahead, already on
             # the devices; `batches.state` is the loader state of the batches consumed.
             if batches is not None:
@@ -366,9 +378,5 @@ def evaluate(config: ml_collections.ConfigDict, eval_step, params: Any, phase: P
              mesh) -> dict[str, float]:
     """The train metrics on `eval_batches` batches of the phase's held-out data."""
     loader = make_loader(config, phase.eval, phase.batch_size, seed=0, train=False)
-    sums: dict[str, float] = {}
-    for batch in eval_batches(loader, int(config.train.eval_batches)):
-        out = jax.device_get(eval_step(params, sharding.global_batch(batch, mesh)))
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    return step_lib.finish_eval(sums) if sums else {}
+    return step_lib.run_eval(eval_step, params,
+                             eval_batches(loader, int(config.train.eval_batches)), mesh)

@@ -18,28 +18,31 @@ shardings over the mesh and donates the old state. Features:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from bert_jax import sharding
+from bert_jax.train.objectives import Objective
 from bert_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def _loss(objective, params, batch, rng, dens):
+def _loss(objective: Objective, params: Any, batch: Batch, rng: jax.Array,
+          dens: Metrics) -> tuple[jax.Array, Metrics]:
     nums = objective.numerators(params, batch, rng, train=True)
     loss = sum(nums[k] / jnp.maximum(dens[k], 1e-9) for k in objective.loss_names())
     return loss, nums
 
 
-def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
+def make_train_step(objective: Objective, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, *, accum_steps: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The train step for any objective (objectives.PreTraining, .Classification)."""
@@ -74,7 +77,7 @@ def make_train_step(objective: Any, optimizer: optax.GradientTransformation,
     return step
 
 
-def _gradients(grad_fn: Callable, objective: Any, accum_steps: int, params: Any,
+def _gradients(grad_fn: Callable, objective: Objective, accum_steps: int, params: Any,
                batch: Batch, rng: jax.Array, dens: dict[str, jax.Array]) -> tuple:
     """Loss, numerators and gradients of the batch, summed over `accum_steps`
     micro-batches and reduced over the data axis once."""
@@ -123,7 +126,7 @@ def _gradients(grad_fn: Callable, objective: Any, accum_steps: int, params: Any,
                          axis_names={"data"}, check_vma=False)(params, batch, rng, dens)
 
 
-def make_eval_step(objective: Any) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(objective: Objective) -> Callable[[Any, Batch], Metrics]:
     """`(params, batch) -> sums`: numerators and denominators, summed exactly over batches.
 
     Keys are `<metric>/num` and `<metric>/den`; `finish_eval` divides them.
@@ -141,6 +144,17 @@ def make_eval_step(objective: Any) -> Callable[[Any, Batch], Metrics]:
 def finish_eval(sums: dict[str, float]) -> dict[str, float]:
     names = {k.rsplit("/", 1)[0] for k in sums}
     return {k: float(sums[f"{k}/num"]) / max(float(sums[f"{k}/den"]), 1e-9) for k in names}
+
+
+def run_eval(eval_step: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]],
+             mesh: Mesh) -> dict[str, float]:
+    """The metrics of a jitted eval step over host-local `batches`, summed exactly."""
+    sums: dict[str, float] = {}
+    for batch in batches:
+        out = jax.device_get(eval_step(params, sharding.global_batch(batch, mesh)))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return finish_eval(sums) if sums else {}
 
 
 def _in_mesh(fn: Callable, mesh: Mesh, rules: sharding.Rules) -> Callable:
