@@ -8,7 +8,8 @@ rename plus a transpose (see `weights.py`).
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `mlp`, ...);
 `sharding.py` maps them onto mesh axes. Compute dtype (`config.dtype`) is separate
 from storage dtype (`config.param_dtype`): bf16 matmuls on fp32 parameters is
-`dtype="bfloat16"`. Softmax and LayerNorm statistics stay in fp32.
+`dtype="bfloat16"`. Attention scores and softmax, LayerNorm statistics and the logits
+heads (MLM decoder, NSP, classifier: fp32 accumulation, fp32 bias) stay in fp32.
 """
 
 from __future__ import annotations
@@ -84,11 +85,16 @@ def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
 
 class Dense(nn.Module):
     """`nn.Dense` (the same parameters and values) with the weights laid out for use
-    (`in_use`) and the matmul of `matmul_2d`."""
+    (`in_use`) and the matmul of `matmul_2d`.
+
+    `out_dtype` (logits heads): the product accumulates and is returned in it, and the
+    bias is added in it, instead of the compute dtype; with bf16 compute, float32 keeps
+    the logits from being rounded to bf16's 8 bits before the loss."""
 
     features: int
     axes: tuple[str | None, str | None]  # logical names of the kernel [in, out]
     config: BertConfig
+    out_dtype: Any = None  # None: the compute dtype (config.dtype)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -101,13 +107,15 @@ class Dense(nn.Module):
             nn.initializers.zeros, self.axes[1:]), (self.features,), param_dtype)
         kernel = sharding.constrain(kernel, in_use(self.axes))
         bias = sharding.constrain(bias, in_use(self.axes[1:]))
-        y = matmul_2d(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
-        return y + bias.astype(dtype)
+        out_dtype = None if self.out_dtype is None else jnp.dtype(self.out_dtype)
+        y = matmul_2d(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                      preferred_element_type=out_dtype)
+        return y + bias.astype(y.dtype)
 
 
 def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
-           name: str) -> Dense:
-    return Dense(features, axes, cfg, name=name)
+           name: str, out_dtype: Any = None) -> Dense:
+    return Dense(features, axes, cfg, out_dtype, name=name)
 
 
 class LayerNorm(nn.Module):
@@ -278,11 +286,13 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
     def attend(self, x: Array) -> Array:
-        """x @ word_embeddings.T: the tied MLM decoder."""
+        """x @ word_embeddings.T: the tied MLM decoder, in the compute dtype with float32
+        accumulation and output (the logits; bf16 would round them to 8 bits)."""
         dtype = jnp.dtype(self.config.dtype)
         table = sharding.constrain(self.word_embeddings.embedding,
                                    in_use(("vocab", "embed"))).astype(dtype)
-        return matmul_2d(x.astype(dtype), table, (((x.ndim - 1,), (1,)), ((), ())))
+        return matmul_2d(x.astype(dtype), table, (((x.ndim - 1,), (1,)), ((), ())),
+                         preferred_element_type=jnp.float32)
 
 
 class BertSelfAttention(nn.Module):
@@ -441,7 +451,7 @@ class BertMLMHead(nn.Module):
             # of the table are zero, so their logits are exactly the minimum.
             column = jnp.arange(cfg.padded_vocab_size)
             bias = jnp.where(column < cfg.vocab_size, bias, jnp.finfo(jnp.float32).min)
-        logits = decoder.attend(x).astype(jnp.float32) + bias
+        logits = decoder.attend(x) + bias  # both float32
         logits = sharding.constrain(logits, ("batch", "length", "vocab"))
         return logits if padded_vocab else logits[..., :cfg.vocab_size]
 
@@ -465,7 +475,7 @@ class BertForPreTraining(nn.Module):
         self.cls_predictions = BertMLMHead(self.config)
         if self.nsp:
             self.cls_seq_relationship = _dense(self.config, 2, ("embed", None),
-                                               "cls_seq_relationship")
+                                               "cls_seq_relationship", jnp.float32)
 
     def __call__(
         self,
@@ -499,7 +509,7 @@ class BertForPreTraining(nn.Module):
         mlm_logits = self.cls_predictions(x, self.bert, padded_vocab)
         nsp_logits = None
         if self.nsp:
-            nsp_logits = self.cls_seq_relationship(enc.pooler_output).astype(jnp.float32)
+            nsp_logits = self.cls_seq_relationship(enc.pooler_output)
         return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits, encoder=enc)
 
 
@@ -515,7 +525,7 @@ class BertForSequenceClassification(nn.Module):
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids,
                                           deterministic=deterministic)
         x = Dropout(cfg.hidden_dropout_prob)(enc.pooler_output, deterministic=deterministic)
-        return _dense(cfg, cfg.num_labels, ("embed", None), "classifier")(x).astype(jnp.float32)
+        return _dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
 
 
 # ---- parameters -------------------------------------------------------------------------

@@ -127,6 +127,27 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(optax.init_empty_state, update)
 
 
+# ---- parameter dtype ------------------------------------------------------------------
+
+def check_param_dtype(param_dtype: str) -> None:
+    """Training keeps float32 parameters (the master weights) and float32 moments.
+
+    The optimizer updates the parameters in their storage dtype, so bf16 ones would drop
+    every update below 2^-8 of a weight (lr 1e-4 steps vanish), and optax's Adam keeps
+    its moments in the parameters' dtype. bf16 compute needs no bf16 storage: with
+    `dtype="bfloat16"` each step casts the fp32 parameters to bf16 where they are used,
+    and the gradients flow back to them in fp32. That is the mixed precision MaxText
+    (weight_dtype float32, dtype bfloat16), levanter (mp "p=f32,c=bfloat16") and t5x
+    (fp32 params, bf16 activations) train with; a second, bf16 copy of the weights would
+    only duplicate state, so bf16 parameters are refused rather than shadowed.
+    """
+    if jnp.dtype(param_dtype) != jnp.float32:
+        raise UserError(f"model.param_dtype={param_dtype} cannot be trained (the optimizer "
+                        "would update bf16 weights and lose small steps); set "
+                        "param_dtype=float32 with dtype=bfloat16 for fp32 master weights "
+                        "and bf16 compute")
+
+
 # ---- the optimizer ----------------------------------------------------------------------
 
 def build(cfg: ml_collections.ConfigDict, total_steps: int

@@ -69,8 +69,9 @@ class Phase:
 
 
 def check_train(config: ml_collections.ConfigDict) -> None:
-    """The train and optimizer sections, before any work: a step count of 0 would divide
-    by zero after the first (slow) step, a batch of 0 fail after the data is built."""
+    """The train and optimizer sections (and the fp32 parameters the optimizer needs),
+    before any work: a step count of 0 would divide by zero after the first (slow) step,
+    a batch of 0 fail after the data is built."""
     t = config.train
     for field in ("total_steps", "batch_size", "log_every", "eval_every", "eval_batches",
                   "checkpoint_every", "keep_checkpoints", "accum_steps"):
@@ -82,6 +83,7 @@ def check_train(config: ml_collections.ConfigDict) -> None:
     if t.on_nonfinite not in ("stop", "skip"):
         raise UserError(f"--config.train.on_nonfinite={t.on_nonfinite!r}: choose stop or skip")
     optim.build(config.optimizer, int(t.total_steps))  # its own checks (lr, warmup, decay)
+    optim.check_param_dtype(config.model.param_dtype)
 
 
 def plan_phases(config: ml_collections.ConfigDict) -> list[Phase]:

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from bert_jax import model as model_lib
-from bert_jax import sharding
+from bert_jax import optim, sharding
 
 
 @flax.struct.dataclass
@@ -40,7 +40,9 @@ def _boxed_state(module: nn.Module, optimizer: optax.GradientTransformation) -> 
 
 def state_shardings(module: nn.Module, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules: sharding.Rules = sharding.RULES) -> Any:
-    """NamedShardings of every leaf of the TrainState, without allocating anything."""
+    """NamedShardings of every leaf of the TrainState, without allocating anything.
+    Every train state is laid out here first, so this refuses non-fp32 parameters."""
+    optim.check_param_dtype(module.config.param_dtype)
     boxed = jax.eval_shape(lambda: _boxed_state(module, optimizer))
     logical = nn.get_partition_spec(boxed)
     shapes = nn.meta.unbox(boxed)
