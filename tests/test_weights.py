@@ -265,6 +265,7 @@ def test_convert_tf_checkpoint_cli_loads_in_transformers(tmp_path, capsys):
 
 # ---- heads a checkpoint lacks or does not need ------------------------------------------
 
+@pytest.mark.slow
 def test_missing_heads_are_initialised_and_reported(caplog):
     with caplog.at_level(logging.WARNING, logger="bert_jax.weights"):
         loaded = weights.load_pretrained(minilm_dir(), head="pretraining",
