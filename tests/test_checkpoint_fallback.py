@@ -111,6 +111,7 @@ def test_resume_skips_a_damaged_latest_checkpoint(runs, tiny_data, tmp_path, cap
             == [without_timing(r) for r in read_metrics(runs["six"])])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(DAMAGE))
 def test_export_skips_a_damaged_latest_checkpoint(runs, tmp_path, capsys, how):
     damage, cause = DAMAGE[how]
@@ -132,6 +133,7 @@ def test_export_skips_a_damaged_latest_checkpoint(runs, tmp_path, capsys, how):
                           f"{cause}" in line
 
 
+@pytest.mark.slow
 def test_export_of_a_step_that_does_not_exist_lists_the_steps(runs, tmp_path, capsys):
     code, _, err = run_cli(capsys, "export", "--workdir", str(runs["four"]), "--step", "3",
                            "--to", str(tmp_path / "out"))
@@ -140,6 +142,7 @@ def test_export_of_a_step_that_does_not_exist_lists_the_steps(runs, tmp_path, ca
                                    f"{runs['four'] / 'checkpoints'} (steps there: 2, 4)")
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_one_line(runs, tmp_path, capsys):
     workdir = copy_run(runs, tmp_path)
     truncate(workdir, 4)
@@ -152,6 +155,7 @@ def test_every_checkpoint_damaged_is_one_line(runs, tmp_path, capsys):
     assert "step 2: NOT_FOUND" in line
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_size_is_one_line(runs, tiny_data, tmp_path, capsys):
     workdir = copy_run(runs, tmp_path)
     code, _, err = run_cli(capsys, *pretrain_argv(tiny_data, workdir, 6,
@@ -164,6 +168,7 @@ def test_resume_with_another_model_size_is_one_line(runs, tiny_data, tmp_path, c
                          "or a new --workdir")
 
 
+@pytest.mark.slow
 def test_export_when_config_json_disagrees_with_the_checkpoint(runs, tmp_path, capsys):
     workdir = copy_run(runs, tmp_path)
     saved = json.loads((workdir / "config.json").read_text())
@@ -215,6 +220,7 @@ def test_a_moved_workdir_resumes_exports_and_serves_fill_mask(runs, tiny_data, t
     assert checkpoint.Checkpointer(moved / "checkpoints").all_steps() == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_divergence_before_the_first_checkpoint_says_so(tiny_data, tmp_path, capsys):
     """It said `the last good checkpoint (step None) is kept`."""
     code, _, err = run_cli(capsys, *pretrain_argv(

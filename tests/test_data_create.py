@@ -110,6 +110,7 @@ def test_metadata_describes_the_data(reference, tokenizer):
     assert stats["num_instances"] == meta["num_instances"]
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_a_killed_run_resumes_to_the_same_bytes(tmp_path, tokenizer):
     valid = str(shared_file("corpus", "wikitext-2-raw", "valid.txt"))

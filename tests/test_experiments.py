@@ -66,6 +66,7 @@ def test_data_is_shared_unless_a_data_setting_differs():
     assert variants.resolve(s, "two_phase", 300).train.phase2_start == 270
 
 
+@pytest.mark.slow
 def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
     vocab = shared_file("vocab", "bert-base-cased", "vocab.txt")
     text = shared_file("corpus", "wikitext-2-raw", "valid.txt").read_text().splitlines()
@@ -182,6 +183,7 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
     assert fake_again.calls == []  # all finished: nothing is redone
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_without_redoing_finished_stages(tmp_path):
     full = FakeStages()
     run_with(full, tmp_path / "reference")

@@ -82,6 +82,7 @@ def sweep(tiny_model, tmp_path_factory) -> dict:
 
 # ---- the sweep --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_summary_picks_lr_by_mean_over_seeds(sweep):
     summary, workdir = sweep["summary"], sweep["workdir"]
     assert json.loads((workdir / "summary.json").read_text()) == summary
@@ -110,6 +111,7 @@ def test_sweep_summary_picks_lr_by_mean_over_seeds(sweep):
         assert records["eval"]["main_metric"] == pytest.approx(r["main_metric"])
 
 
+@pytest.mark.slow
 def test_sweep_reports(sweep):
     workdir = sweep["workdir"]
     md = (workdir / "results.md").read_text()
@@ -120,6 +122,7 @@ def test_sweep_reports(sweep):
     assert (workdir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_submission_files_from_the_best_run(sweep):
     workdir = sweep["workdir"]
     best = json.loads((workdir / sweep["summary"]["tasks"]["MNLI"]["best_run"] /
@@ -138,6 +141,7 @@ def test_submission_files_from_the_best_run(sweep):
         assert sorted(zf.namelist()) == sorted(files)
 
 
+@pytest.mark.slow
 def test_rerun_redoes_only_the_unfinished_run(sweep, caplog):
     workdir = sweep["workdir"]
     runs = [workdir / r["dir"] for r in sweep["summary"]["tasks"]["MNLI"]["runs"]]
@@ -169,6 +173,7 @@ PAIRS = [("The lighthouse keeper painted the door blue.", "The door is blue now.
          ("Nobody in the village owned a bicycle.", "Three villagers rode bicycles.")]
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_the_same_logits(sweep):
     torch = require("torch")
     transformers = require("transformers")
@@ -192,6 +197,7 @@ def test_export_loads_in_transformers_with_the_same_logits(sweep):
                                logits, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_json_and_table(sweep, tmp_path):
     torch = require("torch")
     transformers = require("transformers")
@@ -274,6 +280,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, flag, value, message):
     assert err.startswith("error: ") and message in err
 
 
+@pytest.mark.slow
 def test_predict_errors(sweep, tiny_model, tmp_path):
     export = sweep["export"] / "MNLI"
     code, _, err = run_cli("predict", "--model", export, "--task", "SST-2", "a text")

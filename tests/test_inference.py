@@ -193,6 +193,7 @@ def test_many_texts_of_many_lengths_compile_a_bounded_known_number(params, token
 
 # ---- embeddings, NSP, attention ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_embed_every_layer_and_pooling_equals_reference(predictor, reference):
     texts = [text(5), text(12), text(3)]  # one length bucket: one compile per option
     for layer, poolings in ((0, ["tokens"]), (1, ["tokens"]), (-1, ["tokens", "cls", "mean"])):
@@ -215,6 +216,7 @@ def test_embed_bad_layer_or_pooling(predictor):
         predictor.embed(["w1"], pooling="max")
 
 
+@pytest.mark.slow
 def test_nsp_and_attention_equal_reference(predictor, reference):
     pairs = [(text(2), text(2)), (text(12), text(7))]
     got = predictor.nsp(pairs)
@@ -272,6 +274,7 @@ def test_mean_pooling_on_released_minilm_equals_transformers():
 
 # ---- dtypes -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32(predictor, params, tokenizer):
     bf16 = Predictor(CFG, params["pretraining"], tokenizer, dtype="bfloat16")
     assert bf16.config.dtype == "bfloat16" and predictor.config.dtype == "float32"

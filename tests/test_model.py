@@ -81,6 +81,7 @@ def test_attention_mask_really_masks(params):
                   - np.asarray(d.encoder.last_hidden_state)[keep]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_masked_positions_gather_the_full_logits(params):
     ids, mask, types = inputs()
     positions = jnp.array([[1, 2, 15], [0, 9, 9], [3, 1, 0]], jnp.int32)
@@ -105,6 +106,7 @@ def test_masked_positions_gather_the_full_logits(params):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_masked_positions_give_the_full_models_gradients(params):
     """Computing the last layer at the masked positions only changes no gradient."""
     ids, mask, types = inputs()
@@ -125,6 +127,7 @@ def test_masked_positions_give_the_full_models_gradients(params):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_fp32_with_fp32_params(params):
     ids, mask, types = inputs()
     fp32 = build(CFG, "pretraining").apply({"params": params["pretraining"]}, ids, mask, types)
@@ -138,6 +141,7 @@ def test_bf16_compute_close_to_fp32_with_fp32_params(params):
                                np.asarray(fp32.encoder.last_hidden_state), atol=0.1)
 
 
+@pytest.mark.slow
 def test_remat_gives_identical_gradients(params):
     ids, mask, types = inputs()
     labels = jnp.asarray(np.random.default_rng(1).integers(0, CFG.vocab_size, (B, L)))

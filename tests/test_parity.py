@@ -32,6 +32,7 @@ def torch_batch(batch: dict[str, np.ndarray]):
     return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
 
+@pytest.mark.slow
 def test_released_minilm_every_layer_matches_transformers():
     torch = require("torch")
     transformers = require("transformers")

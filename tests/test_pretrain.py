@@ -87,6 +87,7 @@ def reference_run(tiny_data, tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_two_phase_run_logs_checkpoints_and_config(reference_run, tiny_data):
     records = read_metrics(reference_run)
     train = [r for r in records if r["split"] == "train"]
@@ -110,6 +111,7 @@ def test_two_phase_run_logs_checkpoints_and_config(reference_run, tiny_data):
     assert checkpoint.Checkpointer(reference_run / "checkpoints").all_steps() == [4, 6, 8]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_from", [4, 6])  # inside phase 1; at the phase boundary
 def test_resumed_run_equals_uninterrupted(reference_run, tiny_data, tmp_path, resume_from):
     """Cut the reference run back to checkpoint `resume_from` and finish it again."""
@@ -133,6 +135,7 @@ def test_loader_worker_processes_do_not_change_the_run(reference_run, tiny_data,
     assert_same_params(final_params(tmp_path)[0], final_params(reference_run)[0])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(reference_run, tiny_data, tmp_path):
     """The CLI killed with SIGKILL once a checkpoint exists, then re-run on its workdir."""
     workdir = tmp_path / "run"
@@ -224,6 +227,7 @@ def test_profile_window_writes_a_trace(tiny_data, tmp_path):
     assert len(traces) == 1 and traces[0].stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_steps(tiny_data, tmp_path, mode):
     """An absurd lr blows the parameters up after a few finite steps."""
@@ -248,6 +252,7 @@ def test_nonfinite_steps(tiny_data, tmp_path, mode):
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_equal_logits(reference_run, tmp_path):
     torch = require("torch")
     transformers = require("transformers")
@@ -274,6 +279,7 @@ def test_export_loads_in_transformers_with_equal_logits(reference_run, tmp_path)
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bad_config_errors(tiny_data, tmp_path):
     with pytest.raises(UserError, match="does not divide|divisible|split"):
         pretrain.run(tiny_config(tiny_data, **{"train.batch_size": 6,
@@ -295,6 +301,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(reference_run, tiny_data, tmp_path):
     """jax.distributed over 2 local CPU processes (gloo collectives), one device each:
     each feeds its half of every global batch; the result is the single-process run's."""
@@ -392,6 +399,7 @@ def test_tensor_axis_across_two_hosts_is_a_one_line_error(tiny_data, tmp_path):
             "Keep the tensor axis inside a host and spread hosts over data or fsdp"]
 
 
+@pytest.mark.slow
 def test_init_from_another_run_continues_from_its_weights(reference_run, tiny_data, tmp_path):
     """Continued pre-training: with lr 0 (which also zeroes the decoupled weight decay) the
     run's parameters stay exactly the loaded ones."""

@@ -107,7 +107,7 @@ def test_export_loads_in_transformers_with_same_outputs(tmp_path, head):
     back = weights.load_pretrained(out, head=head)
     assert back.tokenizer.vocab_size == cfg.vocab_size
     assert back.config.num_labels == cfg.num_labels
-    flat_a, flat_b = dict(weights._flatten(params)), dict(weights._flatten(back.params))
+    flat_a, flat_b = dict(weights.names._flatten(params)), dict(weights.names._flatten(back.params))
     if head == "mlm":
         assert back.report.initialized == ["pooler.dense.bias", "pooler.dense.weight"]
         flat_a = {k: v for k, v in flat_a.items() if "pooler_dense" not in k}
@@ -265,6 +265,7 @@ def test_convert_tf_checkpoint_cli_loads_in_transformers(tmp_path, capsys):
 
 # ---- heads a checkpoint lacks or does not need ------------------------------------------
 
+@pytest.mark.slow
 def test_missing_heads_are_initialised_and_reported(caplog):
     with caplog.at_level(logging.WARNING, logger="bert_jax.weights"):
         loaded = weights.load_pretrained(minilm_dir(), head="pretraining",
