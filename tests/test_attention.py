@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bert_jax.attention import attention
-from bert_jax.config import preset
+from bert_jax.config import BertConfig, preset
 from bert_jax.errors import UserError
 from bert_jax.model import build, init_params
 from bert_jax.ops import Dropout
@@ -119,6 +119,14 @@ def test_model_refuses_attention_dropout_with_a_fused_kernel_in_training():
         apply(False)
 
 
-def test_unknown_attention_backend_is_refused_by_the_config():
+def test_kernel_fields_are_checked_and_stay_out_of_released_config_files():
     with pytest.raises(ValueError, match="attention 'flash'"):
         preset("tiny", attention="flash")
+    with pytest.raises(ValueError, match="dropout_impl 'philox'"):
+        preset("tiny", dropout_impl="philox")
+    cfg = preset("tiny", attention="dot_product", dropout_impl="jax", matmul_impl="dot_general")
+    hf = cfg.to_hf_dict()
+    assert not {"attention", "dropout_impl", "matmul_impl"} & set(hf)
+    # A config file that happens to carry such keys does not set them.
+    back = BertConfig.from_dict({**hf, "attention": "splash", "matmul_impl": "2d"})
+    assert (back.attention, back.dropout_impl, back.matmul_impl) == ("xla", "auto", "auto")
