@@ -5,8 +5,8 @@
   attention probabilities as the original recipe; the probabilities can be returned.
 - "dot_product": `jax.nn.dot_product_attention`, cuDNN's fused flash attention on GPU
   (`implementation="cudnn"`), XLA's own lowering elsewhere.
-- "splash": the Pallas splash-attention kernel, TPU only. It cannot run on CPU, so no
-  test here runs it; it is kept to the few lines that map our inputs onto its API.
+- "splash": the Pallas splash-attention kernel, TPU only; kept to the few lines that map
+  our inputs onto its API. Tests run it in Pallas' interpreter on CPU, not the TPU kernel.
 
 The fused kernels never write the [B, heads, Q, L] probabilities, so they cannot drop
 them out: asking for attention dropout in training with one of them is an error.
@@ -63,6 +63,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array, *,
             q, k, v, mask=allowed(mask, segment_ids, query_positions), scale=scale,
             implementation=impl)
         return out, None
+    if jax.default_backend() != "tpu":
+        raise UserError('attention "splash" runs only on TPU; use "dot_product" or "xla"')
     return _splash(q * jnp.asarray(scale, q.dtype), k, v, mask, segment_ids,
                    query_positions), None
 
@@ -80,12 +82,11 @@ def _xla(q: Array, k: Array, v: Array, keep: Array, dropout, deterministic: bool
 
 
 def _splash(q: Array, k: Array, v: Array, mask: Array, segment_ids: Array | None,
-            query_positions: Array | None) -> Array:
+            query_positions: Array | None, interpret: bool = False) -> Array:
     """Splash attention, one kernel call per example (vmap). Padding and packing are both
     segment ids to the kernel: padded keys get segment -1, which no query has. Its
-    blocks are 128 long, so the query rows are padded up to a multiple of 128."""
-    if jax.default_backend() != "tpu":
-        raise UserError('attention "splash" runs only on TPU; use "dot_product" or "xla"')
+    blocks are 128 long, so the query rows are padded up to a multiple of 128 (and the
+    sequence must be one). `interpret`: Pallas' interpreter, which runs on CPU (tests)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     seg = jnp.ones(mask.shape, jnp.int32) if segment_ids is None else segment_ids.astype(
@@ -99,7 +100,7 @@ def _splash(q: Array, k: Array, v: Array, mask: Array, segment_ids: Array | None
     q_seg = jnp.pad(q_seg, ((0, 0), (0, pad)))
     full = splash.FullMask((n_q + pad, k.shape[1]))
     kernel = splash.make_splash_mha(splash.MultiHeadMask([full] * heads),
-                                    head_shards=1, q_seq_shards=1)
+                                    head_shards=1, q_seq_shards=1, interpret=interpret)
 
     def one(q1, k1, v1, qs, ks):  # [L, heads, d] -> the kernel's [heads, L, d]
         out = kernel(q1.transpose(1, 0, 2), k1.transpose(1, 0, 2), v1.transpose(1, 0, 2),

@@ -130,3 +130,23 @@ def test_kernel_fields_are_checked_and_stay_out_of_released_config_files():
     # A config file that happens to carry such keys does not set them.
     back = BertConfig.from_dict({**hf, "attention": "splash", "matmul_impl": "2d"})
     assert (back.attention, back.dropout_impl, back.matmul_impl) == ("xla", "auto", "auto")
+
+
+def test_splash_mapping_equals_xla_in_pallas_interpreter():
+    """Our inputs mapped onto the splash kernel's API (padding and segments as its segment
+    ids, padded sparse queries), run by Pallas' interpreter on CPU: not the TPU kernel's
+    speed or numerics, but the same attention as "xla"."""
+    from bert_jax.attention import _splash
+
+    rng = np.random.default_rng(0)
+    n = 128  # the kernel's block length
+    q, k, v = (jnp.asarray(rng.standard_normal((2, n, HEADS, D)), jnp.float32)
+               for _ in range(3))
+    mask = jnp.ones((2, n), jnp.int32).at[1, 90:].set(0)
+    segments = jnp.zeros((2, n), jnp.int32).at[0, 50:].set(1)
+    positions = jnp.array([[0, 3, 60], [0, 7, 80]], jnp.int32)
+    queries = jnp.take_along_axis(q, positions[:, :, None, None], axis=1)
+    ref = attention(queries, k, v, mask, segment_ids=segments, query_positions=positions)[0]
+    scale = jnp.asarray(D ** -0.5, jnp.float32)
+    got = _splash(queries * scale, k, v, mask, segments, positions, interpret=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
