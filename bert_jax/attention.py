@@ -17,6 +17,8 @@ sequence (the sparse last layer) and their segment ids are read there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -39,8 +41,8 @@ def allowed(mask: Array, segment_ids: Array | None = None,
 
 def attention(q: Array, k: Array, v: Array, mask: Array, *,
               segment_ids: Array | None = None, query_positions: Array | None = None,
-              backend: str = "xla", dropout=None, deterministic: bool = True,
-              ) -> tuple[Array, Array | None]:
+              backend: str = "xla", dropout: Callable[..., Array] | None = None,
+              deterministic: bool = True) -> tuple[Array, Array | None]:
     """Attention of queries q [B, Q, heads, d] over keys and values [B, L, heads, d].
 
     `mask` [B, L]: 1 for real tokens, 0 for padding. `segment_ids` [B, L], optional:
@@ -69,8 +71,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array, *,
                    query_positions), None
 
 
-def _xla(q: Array, k: Array, v: Array, keep: Array, dropout, deterministic: bool
-         ) -> tuple[Array, Array]:
+def _xla(q: Array, k: Array, v: Array, keep: Array, dropout: Callable[..., Array] | None,
+         deterministic: bool) -> tuple[Array, Array]:
     """The written-out path: fp32 scores, an additive mask, softmax, dropout, PV."""
     bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, heads, L, d]
