@@ -2,6 +2,7 @@
 
   python benchmarks/train.py                       # bert-base, seq 128, batch 8, CPU
   python benchmarks/train.py --preset tiny --seq-len 64 --steps 5 --json
+  python benchmarks/train.py --no-torch --model dropout_impl=jax   # a kernel choice (A/B)
 
 Both sides do the same work per step: forward + backward + optimizer update of
 BertForPreTraining (MLM + NSP) on random token ids, dropout on, fp32, with 20 masked
@@ -108,6 +109,18 @@ def torch_step(cfg, batch, threads):
 SIDES = ("bert-jax", "pytorch")
 
 
+def model_config(args: argparse.Namespace) -> config_lib.BertConfig:
+    """The preset with --dtype and the --model FIELD=VALUE overrides (numbers parsed)."""
+    overrides = {}
+    for item in args.model:
+        field, _, value = item.partition("=")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return config_lib.preset(args.preset, dtype=args.dtype, **overrides)
+
+
 def run_side(side: str) -> list[float]:
     """Step seconds of one side, measured in a fresh process with this run's arguments."""
     argv = [a for a in sys.argv[1:] if a != "--json"]
@@ -120,7 +133,7 @@ def run_side(side: str) -> list[float]:
 
 def side_times(args: argparse.Namespace, side: str) -> list[float]:
     """Step seconds of one side, measured in this process."""
-    cfg = config_lib.preset(args.preset, dtype=args.dtype)
+    cfg = model_config(args)
     batch = make_batch(cfg, args.batch_size, args.seq_len, args.predictions)
     if side == "bert-jax":
         run = jax_step(cfg, batch)
@@ -140,12 +153,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternations of the two sides, each in a fresh process")
     parser.add_argument("--dtype", default="float32", help="bert-jax compute dtype")
+    parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a BertConfig field for bert-jax (attention, dropout_impl, ...)")
     parser.add_argument("--no-torch", action="store_true", help="bert-jax only (e.g. on GPU)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, this process
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    cfg = config_lib.preset(args.preset, dtype=args.dtype)
+    cfg = model_config(args)
     if args.seq_len > cfg.max_position_embeddings:
         parser.error(f"--seq-len {args.seq_len} exceeds the {args.preset} preset's "
                      f"{cfg.max_position_embeddings} positions")

@@ -14,8 +14,15 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from bert_jax import attention, ops
+
 # Activation names as they appear in released config files.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+_KERNELS = {"attention": attention.BACKENDS, "dropout_impl": ops.DROPOUT_IMPLS,
+            "matmul_impl": ops.MATMUL_IMPLS}
+# The bert-jax-only fields, never written to (nor read from) released config files.
+JAX_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "num_labels", "vocab_multiple",
+                   "attention", "dropout_impl", "matmul_impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +53,13 @@ class BertConfig:
     # up to 128 (bert-base: 28,996 -> 29,056 rows). The extra rows are never predicted
     # and are not exported. 1: no padding.
     vocab_multiple: int = 128
+    # Kernels (bert_jax/attention.py, bert_jax/ops.py). attention: "xla" (the written-out
+    # softmax with attention dropout), "dot_product" (jax.nn.dot_product_attention; cuDNN
+    # on GPU) or "splash" (TPU). dropout_impl / matmul_impl: "auto" picks per backend
+    # (the CPU-tuned threefry16 / 2d on CPU), or name one (see ops.DROPOUT_IMPLS, ...).
+    attention: str = "xla"
+    dropout_impl: str = "auto"
+    matmul_impl: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -61,6 +75,9 @@ class BertConfig:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises TypeError on an unknown dtype
+        for name, choices in _KERNELS.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {choices}")
 
     @property
     def head_dim(self) -> int:
@@ -80,10 +97,11 @@ class BertConfig:
     def from_dict(cls, d: dict[str, Any], **overrides: Any) -> BertConfig:
         """Builds a config from an HF `config.json` or Google `bert_config.json` dict.
 
-        Keys this class does not know (architectures, model_type, ...) are ignored; a
+        Keys this class does not know (architectures, model_type, ...) and the kernel
+        choices (`attention`, ...: settings of this run, not of the weights) are ignored; a
         missing `layer_norm_eps` takes the original 1e-12 (Google's files have none).
         """
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - set(_KERNELS)
         kwargs = {k: v for k, v in d.items() if k in known}
         if "num_labels" not in d and "id2label" in d:
             kwargs["num_labels"] = len(d["id2label"])
@@ -109,7 +127,7 @@ class BertConfig:
             "position_embedding_type": "absolute",
         }
         for f in dataclasses.fields(self):
-            if f.name not in ("dtype", "param_dtype", "remat", "num_labels", "vocab_multiple"):
+            if f.name not in JAX_ONLY_FIELDS:
                 d[f.name] = getattr(self, f.name)
         if self.num_labels != 2:
             d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}

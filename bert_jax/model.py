@@ -14,7 +14,6 @@ heads (MLM decoder, NSP, classifier: fp32 accumulation, fp32 bias) stay in fp32.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -23,56 +22,15 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax import heads, sharding
+from bert_jax.attention import attention
 from bert_jax.config import BertConfig
+from bert_jax.errors import UserError
+from bert_jax.ops import Dropout, LayerNorm, activation, matmul
 
 Array = jax.Array
-_SQRT_HALF = math.sqrt(0.5)
 
 
 # ---- building blocks --------------------------------------------------------------------
-
-def gelu(x: Array) -> Array:
-    """Exact GELU in the erf form of the original and of PyTorch: x/2 (1 + erf(x/sqrt 2)).
-
-    `jax.nn.gelu(approximate=False)` uses erfc, which XLA's CPU backend evaluates through
-    exp and a piecewise select; erf is a single rational approximation. The two agree to
-    fp32 rounding wherever GELU is not already ~0 (the erfc form is only more precise in
-    relative terms deep in the negative tail).
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
-
-
-def activation(name: str):
-    """The activation a config names; "gelu" is the exact erf form, as the original."""
-    return {
-        "gelu": gelu,
-        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-        "relu": jax.nn.relu,
-        "tanh": jnp.tanh,
-    }[name]
-
-
-def matmul_2d(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
-              preferred_element_type: Any = None) -> Array:
-    """`lax.dot_general` for x [..., K] times a 2-D weight, with x's leading axes merged
-    first ([B, L, K] -> [B*L, K]): the same products, a faster backward pass.
-
-    Differentiating the 3-D product makes XLA's CPU backend transpose the output gradient
-    and run the weight gradient as a slow generic dot; from the 2-D product all three
-    matmuls reach its fast kernels. Fwd+bwd of a 768x3072 dense layer at 1024 rows: 176
-    -> 259 GFLOP/s; the tied 768x28996 decoder at 160 rows: 152 -> 180; bert-base's
-    training step 10% faster. Other contractions go to `lax.dot_general` unchanged."""
-    (lhs_contract, rhs_contract), (lhs_batch, _) = dimension_numbers
-    if (rhs.ndim != 2 or lhs.ndim < 3 or lhs_batch
-            or tuple(lhs_contract) != (lhs.ndim - 1,)):
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                                   preferred_element_type=preferred_element_type)
-    y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs,
-                            (((1,), tuple(rhs_contract)), ((), ())), precision,
-                            preferred_element_type=preferred_element_type)
-    return y.reshape(*lhs.shape[:-1], y.shape[-1])
-
 
 def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
     """A parameter's layout where it is used: whole along `embed` (the dim that FSDP
@@ -85,7 +43,7 @@ def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
 
 class Dense(nn.Module):
     """`nn.Dense` (the same parameters and values) with the weights laid out for use
-    (`in_use`) and the matmul of `matmul_2d`.
+    (`in_use`) and the matmul `config.matmul_impl` names (see `ops.matmul`).
 
     `out_dtype` (logits heads): the product accumulates and is returned in it, and the
     bias is added in it, instead of the compute dtype; with bf16 compute, float32 keeps
@@ -108,112 +66,15 @@ class Dense(nn.Module):
         kernel = sharding.constrain(kernel, in_use(self.axes))
         bias = sharding.constrain(bias, in_use(self.axes[1:]))
         out_dtype = None if self.out_dtype is None else jnp.dtype(self.out_dtype)
-        y = matmul_2d(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                      preferred_element_type=out_dtype)
+        y = matmul(cfg.matmul_impl)(x.astype(dtype), kernel.astype(dtype),
+                                    (((x.ndim - 1,), (0,)), ((), ())),
+                                    preferred_element_type=out_dtype)
         return y + bias.astype(y.dtype)
 
 
 def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
            name: str, out_dtype: Any = None) -> Dense:
     return Dense(features, axes, cfg, out_dtype, name=name)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with params `scale` and `bias`, statistics in fp32.
-
-    Equal to flax's `nn.LayerNorm` up to rounding (the variance is the two-pass mean of
-    squared deviations, as PyTorch's), but the scale multiplies the normalised input
-    instead of flax's per-row inverse std: flax's product is a full [batch, length,
-    hidden] array that autodiff keeps and XLA materialises as a broadcast, ~2% of a
-    bert-base train step on CPU.
-    """
-
-    epsilon: float
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        features = (x.shape[-1],)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           features, self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                          features, self.param_dtype)
-        scale, bias = (sharding.constrain(p, in_use(("embed",))) for p in (scale, bias))
-        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        mean = x.mean(-1, keepdims=True)
-        centred = x - mean
-        var = jnp.square(centred).mean(-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + self.epsilon)
-        return (y * scale.astype(y.dtype) + bias.astype(y.dtype)).astype(self.dtype)
-
-
-class Dropout(nn.Module):
-    """Inverted dropout whose mask takes 16 random bits per element, four per threefry call.
-
-    flax's `nn.Dropout` spends one threefry evaluation per element, and `jax.random.bits`
-    keeps 32 of the 64 bits each evaluation makes. Here the counter of element block j is
-    j itself (as `jax.random.bits` counts, so the mask shards with the activations) and
-    both output words are used: a quarter of the evaluations. 16-bit draws made a bert-base
-    train step on CPU 5.5% faster, and keeping both words another 2% (alternating
-    processes). The drop probability is `rate` rounded to 1/65536 (0.1 -> 0.100006) and
-    the kept values are scaled by the exact keep probability, so the expectation is
-    unchanged.
-    """
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        if self.rate >= 1.0:
-            return jnp.zeros_like(x)
-        threshold = round(self.rate * 65536)  # drop where the 16 bits are below it
-        keep_prob = 1.0 - threshold / 65536
-        # Inside the step's shard_map over `data`, x is this shard's rows of the batch:
-        # counting from its first row's global index draws the global mask's rows.
-        bits = _random_uint16(self.make_rng("dropout"), x.shape,
-                              sharding.manual_row_offset(x.shape[0]))
-        return jnp.where(bits >= threshold, x / keep_prob, 0).astype(x.dtype)
-
-
-_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
-    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), the function behind jax's PRNG:
-    bit-identical to `jax.extend.random.threefry2x32_p`. Written out in jnp ops because
-    jax lowers that primitive on CPU as a rolled loop, which XLA cannot fuse with its
-    consumers; unrolled, a dropout mask costs 3.5x less there."""
-    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
-    x0, x1 = x0 + ks[0], x1 + ks[1]
-    for i in range(5):
-        for r in _THREEFRY_ROTATIONS[i % 2]:
-            x0 = x0 + x1
-            x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-    return x0, x1
-
-
-def _random_uint16(key: Array, shape: tuple[int, ...], row_offset: Array | int = 0) -> Array:
-    """Uniform 16-bit draws: threefry2x32 of counter (0, j) gives elements 4j .. 4j+3;
-    `row_offset` rows of `shape` come before these (rows of a larger, sharded array)."""
-    *lead, n = shape
-    blocks = (*lead, -(-n // 4))
-    if math.prod(blocks) >= 2**32:
-        raise ValueError(f"dropout mask {shape} needs more than 2**32 threefry counters")
-    row = math.prod(blocks[1:])
-    counter = jnp.full(blocks, jnp.asarray(row_offset, jnp.uint32) * jnp.uint32(row))
-    stride = 1
-    for axis in reversed(range(len(blocks))):  # the row-major index, built from iotas
-        counter = counter + jax.lax.broadcasted_iota(jnp.uint32, blocks, axis) * stride
-        stride *= blocks[axis]
-    k = jax.random.key_data(key)
-    hi, lo = threefry2x32(k[0], k[1], jnp.zeros_like(counter), counter)
-    words = jnp.stack([hi, lo], axis=-1)  # [*lead, blocks, 2] uint32
-    return jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :n]
 
 
 def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
@@ -251,12 +112,6 @@ def _lookup(embed: nn.Embed, ids: Array, rows: str | None = None) -> Array:
     return jnp.take(table, ids, axis=0).astype(embed.dtype)
 
 
-def attention_bias(attention_mask: Array) -> Array:
-    """[B, L] 0/1 mask -> [B, 1, 1, L] additive fp32 bias (0 keep, very negative drop)."""
-    keep = attention_mask.astype(bool)[:, None, None, :]
-    return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-
-
 def gather_positions(x: Array, positions: Array) -> Array:
     """x[b, positions[b, p]] for every b, p: [B, L, H] x [B, P] -> [B, P, H]."""
     return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
@@ -276,7 +131,7 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
                                             "token_type_embeddings")
         self.LayerNorm = _layer_norm(cfg)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
                  deterministic: bool) -> Array:
@@ -291,18 +146,22 @@ class BertEmbeddings(nn.Module):
         dtype = jnp.dtype(self.config.dtype)
         table = sharding.constrain(self.word_embeddings.embedding,
                                    in_use(("vocab", "embed"))).astype(dtype)
-        return matmul_2d(x.astype(dtype), table, (((x.ndim - 1,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+        return matmul(self.config.matmul_impl)(x.astype(dtype), table,
+                                               (((x.ndim - 1,), (1,)), ((), ())),
+                                               preferred_element_type=jnp.float32)
 
 
 class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, deterministic: bool,
-                 queries: Array | None = None) -> tuple[Array, Array]:
-        """Self-attention of x [B, L, H]; `queries` [B, Q, H] (rows of x) attend to all
-        of x instead, giving context [B, Q, H]."""
+    def __call__(self, x: Array, mask: Array, deterministic: bool,
+                 queries: Array | None = None, positions: Array | None = None,
+                 ) -> tuple[Array, Array | None]:
+        """Self-attention of x [B, L, H] under the padding `mask` [B, L]; `queries`
+        [B, Q, H], the rows of x at `positions` [B, Q], attend to all of x instead,
+        giving context [B, Q, H]. Also returns the probabilities [B, heads, Q, L] where
+        the kernel (`config.attention`) makes them."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         queries = x if queries is None else queries
@@ -312,15 +171,12 @@ class BertSelfAttention(nn.Module):
             y = y.reshape(*y.shape[:2], heads, head_dim)
             return sharding.constrain(y, ("batch", "length", "heads", None))
 
-        # Scaling q (L x d) is cheaper than scaling the scores (L x L).
-        q = project("query", queries) * jnp.asarray(head_dim ** -0.5, x.dtype)
-        k, v = project("key", x), project("value", x)
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, heads, L, d]
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(scores + bias, axis=-1)
-        dropped = Dropout(cfg.attention_probs_dropout_prob)(
-            probs, deterministic=deterministic).astype(v.dtype)
-        context = jnp.einsum("bhqk,bhkd->bhqd", dropped, v).transpose(0, 2, 1, 3)
+        rate = cfg.attention_probs_dropout_prob
+        context, probs = attention(
+            project("query", queries), project("key", x), project("value", x), mask,
+            query_positions=positions, backend=cfg.attention,
+            dropout=Dropout(rate, cfg.dropout_impl) if rate > 0 else None,
+            deterministic=deterministic)
         context = sharding.constrain(context, ("batch", "length", "heads", None)).reshape(
             queries.shape)
         return context, probs
@@ -332,16 +188,16 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, deterministic: bool,
-                 positions: Array | None = None) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array, deterministic: bool,
+                 positions: Array | None = None) -> tuple[Array, Array | None]:
         """x [B, L, H] -> [B, L, H]; with `positions` [B, P] only those rows are computed
         (they attend to all of x): [B, P, H], the same values as the full block's rows."""
         cfg = self.config
-        drop = Dropout(cfg.hidden_dropout_prob)
+        drop = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
         queries = None if positions is None else gather_positions(x, positions)
         context, probs = BertSelfAttention(cfg, name="attention_self")(
-            x, bias, deterministic, queries)
+            x, mask, deterministic, queries, positions)
         if queries is not None:
             x = queries
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
@@ -402,16 +258,19 @@ class BertModel(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        if output_attentions and self.config.attention != "xla":
+            raise UserError(f'output_attentions needs attention "xla" (the fused '
+                            f'"{self.config.attention}" never forms the probabilities)')
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
-        bias = attention_bias(attention_mask)
         hidden, attentions = [x], []
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            x, probs = layer(x, bias, deterministic, last_layer_positions if last else None)
+            x, probs = layer(x, attention_mask, deterministic,
+                             last_layer_positions if last else None)
             hidden.append(x)
             attentions.append(probs)
         pooled = None
@@ -524,7 +383,8 @@ class BertForSequenceClassification(nn.Module):
         cfg = self.config
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids,
                                           deterministic=deterministic)
-        x = Dropout(cfg.hidden_dropout_prob)(enc.pooler_output, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
+            enc.pooler_output, deterministic=deterministic)
         return _dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
 
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bert_jax.config import preset
-from bert_jax.model import (
-    build,
-    init_params,
-    matmul_2d,
-    param_logical_axes,
-    param_shapes,
-    threefry2x32,
-)
+from bert_jax.model import build, init_params, param_logical_axes, param_shapes
 
 CFG = preset("tiny", num_labels=3)
 B, L = 3, 16
@@ -177,101 +169,3 @@ def test_every_param_has_logical_axes_of_its_rank(params, head):
         assert set(spec) <= known, (path, spec)
     word = params[head].get("bert", params[head])["embeddings"]["word_embeddings"]["embedding"]
     assert word.shape == (CFG.vocab_size, CFG.hidden_size)
-
-
-def test_layer_norm_and_gelu_follow_their_formulas():
-    """The two building blocks written here rather than taken from flax/jax: LayerNorm
-    (two-pass variance, eps inside the root) and GELU's erf form, against numpy/scipy."""
-    from scipy.special import erf
-
-    from bert_jax.model import LayerNorm, gelu
-
-    rng = np.random.default_rng(0)
-    x = (rng.normal(size=(2, 5, 32)) * 3 + 7).astype(np.float32)
-    scale, bias = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
-    eps = 1e-12
-    mean = x.astype(np.float64).mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    expected = (x - mean) / np.sqrt(var + eps) * scale + bias
-    params = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
-    got = LayerNorm(eps).apply(params, jnp.asarray(x))
-    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5)
-    assert LayerNorm(eps, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16)).dtype == \
-        jnp.bfloat16
-
-    z = np.linspace(-10, 10, 2001).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(z))),
-                               0.5 * z * (1 + erf(z / np.sqrt(2.0))), atol=1e-6)
-
-
-def test_dropout_rate_scale_and_determinism():
-    from bert_jax.model import Dropout
-
-    x = jnp.ones((32, 64, 96))
-
-    def apply(rate, seed, deterministic=False):
-        return Dropout(rate).apply({}, x, deterministic, rngs={"dropout": jax.random.key(seed)})
-
-    y = np.asarray(apply(0.1, 0))
-    dropped = (y == 0).mean()
-    # 196,608 Bernoulli draws: the std of the fraction is ~7e-4
-    assert abs(dropped - 0.1) < 4e-3
-    kept = y[y != 0]
-    np.testing.assert_allclose(kept, 1 / (1 - round(0.1 * 65536) / 65536), rtol=1e-6)
-    assert abs(y.mean() - 1.0) < 5e-3  # expectation kept
-    np.testing.assert_array_equal(y, np.asarray(apply(0.1, 0)))  # same key, same mask
-    assert (np.asarray(apply(0.1, 1)) != y).any()
-    np.testing.assert_array_equal(np.asarray(apply(0.1, 0, deterministic=True)), np.asarray(x))
-    assert abs((np.asarray(apply(0.5, 2)) == 0).mean() - 0.5) < 5e-3
-    assert not np.asarray(apply(1.0, 0)).any()
-
-
-def test_dropout_lanes_of_one_draw_are_independent():
-    """Four neighbours share one threefry evaluation: their drops must still be
-    independent, P(both dropped) = rate**2 for every offset within and across draws."""
-    from bert_jax.model import Dropout
-
-    x = jnp.ones((64, 4096))
-    y = np.asarray(Dropout(0.5).apply({}, x, False, rngs={"dropout": jax.random.key(3)}))
-    dropped = (y == 0).astype(np.float64)
-    for offset in range(1, 6):
-        both = (dropped[:, :-offset] * dropped[:, offset:]).mean()
-        # 262,144 pairs: the std of the fraction is ~8.5e-4
-        assert abs(both - 0.25) < 5e-3, (offset, both)
-    # rows draw distinct blocks: no row repeats another's mask
-    assert len({r.tobytes() for r in dropped[:, :64]}) == 64
-
-
-def test_threefry_is_jaxs_threefry_bit_for_bit():
-    # Random123's known-answer vector for threefry2x32_20 ...
-    out = threefry2x32(*(jnp.uint32(v) for v in (0x13198A2E, 0x03707344)),
-                       jnp.array([0x243F6A88], jnp.uint32), jnp.array([0x85A308D3], jnp.uint32))
-    assert [int(w[0]) for w in out] == [0xC4923A9C, 0x483DF7A0]
-    # ... and jax's own primitive on random keys and counters.
-    r = np.random.default_rng(0)
-    for _ in range(3):
-        k0, k1 = (jnp.uint32(v) for v in r.integers(0, 2**32, 2))
-        x0, x1 = (jnp.asarray(r.integers(0, 2**32, 4096), jnp.uint32) for _ in range(2))
-        ours = threefry2x32(k0, k1, x0, x1)
-        theirs = jax.extend.random.threefry2x32_p.bind(k0, k1, x0, x1)
-        for a, b in zip(ours, theirs):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-@pytest.mark.parametrize("rhs_shape,dims", [
-    ((8, 5), (((2,), (0,)), ((), ()))),   # x @ kernel (nn.Dense)
-    ((5, 8), (((2,), (1,)), ((), ()))),   # x @ table.T (the tied decoder)
-    ((3, 8, 5), (((2,), (1,)), ((0,), (0,)))),  # batched: passed through unchanged
-])
-def test_matmul_2d_is_dot_general_with_the_same_gradients(rhs_shape, dims):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((3, 4, 8)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
-    ours, ref = matmul_2d(x, w, dims), jax.lax.dot_general(x, w, dims)
-    assert ours.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-6)
-    dy = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
-    g_ours = jax.vjp(lambda a, b: matmul_2d(a, b, dims), x, w)[1](dy)
-    g_ref = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dims), x, w)[1](dy)
-    for a, b in zip(g_ours, g_ref):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

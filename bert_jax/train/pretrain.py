@@ -199,6 +199,8 @@ def _initial_params(config: ml_collections.ConfigDict, head: str) -> Any:
     mcfg = configlib.model_config(config.model)
     if dataclasses.replace(loaded.config, dtype=mcfg.dtype, param_dtype=mcfg.param_dtype,
                            remat=mcfg.remat, hidden_dropout_prob=mcfg.hidden_dropout_prob,
+                           attention=mcfg.attention, dropout_impl=mcfg.dropout_impl,
+                           matmul_impl=mcfg.matmul_impl,
                            attention_probs_dropout_prob=mcfg.attention_probs_dropout_prob,
                            num_labels=mcfg.num_labels) != mcfg:
         raise UserError(f"--config.init_from={config.init_from}: its architecture differs "
