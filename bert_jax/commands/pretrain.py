@@ -11,9 +11,11 @@ from bert_jax.cli import add_common
 from bert_jax.errors import EXIT_RESUMABLE, Stopped
 
 DEFAULT_CONFIG = "configs/pretrain.py:demo"
-PRETRAIN_HELP = """\
+PRETRAIN_HELP = f"""\
 Pre-train BERT with the config's recipe. Re-running with the same --workdir resumes from
 its newest checkpoint that restores (a damaged one is skipped, with a line saying why).
+Ctrl-C or SIGTERM saves the current step and exits with status {EXIT_RESUMABLE} (resumable); a
+finished run exits 0.
 
 Presets (--config configs/pretrain.py:PRESET):
   demo       (default) a small BERT on the packaged demo corpus, built in the workdir;
@@ -59,7 +61,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     files.check_writable_dir(args.workdir, "--workdir", create=False)
     config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
-    pretrain.check_train(config)  # before the demo data is built
     try:
         result = pretrain.run(config, args.workdir, progress=not args.no_progress)
     except Stopped as stopped:

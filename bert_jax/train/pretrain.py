@@ -87,9 +87,7 @@ def check_train(config: ml_collections.ConfigDict) -> None:
 
 
 def plan_phases(config: ml_collections.ConfigDict) -> list[Phase]:
-    """Phase 1 (the 128 data) and, if `phase2_start` is set, phase 2 (the 512 data);
-    the train section checked first (`check_train`)."""
-    check_train(config)
+    """Phase 1 (the 128 data) and, if `phase2_start` is set, phase 2 (the 512 data)."""
     t, d = config.train, config.data
     total, split = int(t.total_steps), int(t.phase2_start)
     if not d.train:
@@ -225,6 +223,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     local = is_local(workdir)
     workdir = as_path(workdir)  # gs://bucket/run stays a URL (see paths.py)
     t = config.train
+    check_train(config)  # before any work, the demo data included
     if config.data.demo:
         if not local:
             raise UserError(f"the demo builds its vocab and data with local tools: use a local "
