@@ -19,10 +19,11 @@ Each configuration runs in its own process: an out-of-memory error, a backend th
 a kernel or a crash is recorded in that row and the next one starts, and the device's
 peak memory is that configuration's alone. No configuration starts once --budget-s
 seconds have passed since the first one started (its row says "skipped"; the plan runs
-the main configurations first), and one that runs past --case-timeout-s is stopped. Compiled
-programs go to the persistent compilation cache (bert_jax/runtime.py), so a second run
-spends its time measuring. --smoke runs tiny models at short lengths, the same code
-paths, in a minute or two on a 2-core CPU.
+the main configurations first), and one is stopped when it runs past --case-timeout-s or
+past --budget-s + 60 s (so the default run ends within 8 minutes). Compiled programs go
+to the persistent compilation cache (bert_jax/runtime.py), so a second run spends its
+time measuring. --smoke runs tiny models at short lengths, the same code paths, in a
+minute or two on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def run_case(case: Case, args: argparse.Namespace, peak: float | None,
 
 
 def device_info(override_tflops: float) -> dict[str, Any]:
+    """The device's kind, platform and peak (called in a child: see `main`)."""
     import jax
 
     from bert_jax import flops
@@ -254,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="start no configuration after this many seconds (default 420)")
+                        help="start no configuration after this many seconds, and stop any "
+                             "still running 60 s later (default 420)")
     parser.add_argument("--case-timeout-s", type=float, default=240.0,
                         help="stop a configuration that runs longer than this (default 240)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one configuration, this process
+    parser.add_argument("--info", action="store_true", help=argparse.SUPPRESS)  # device_info
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
@@ -266,8 +270,17 @@ def main(argv: list[str] | None = None) -> int:
         child_main(Case(**json.loads(args.case)), args.steps, args.warmup,
                    args.peak_tflops * 1e12 or None)
         return 0
+    if args.info:
+        print(json.dumps(device_info(args.peak_tflops)))
+        return 0
 
-    info = device_info(args.peak_tflops)
+    # This process never starts the backend: on a GPU it would hold most of the memory
+    # (XLA preallocates), on a TPU the chip, while the configurations' processes run.
+    info = subprocess.run([sys.executable, __file__, "--info", "--peak-tflops",
+                           str(args.peak_tflops)], capture_output=True, text=True)
+    if info.returncode:
+        raise SystemExit(f"cannot start the backend:\n{info.stderr[-2000:]}")
+    info = json.loads(info.stdout.strip().splitlines()[-1])
     peak = info["peak_tflops"] * 1e12 if info["peak_tflops"] else None
     attentions = [fused_backend(info["platform"]) if a == "fused" else a
                   for a in args.attention.split(",")]
@@ -280,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         if elapsed >= args.budget_s:
             row["skipped"] = f"budget: {elapsed:.0f} s elapsed, --budget-s {args.budget_s:g}"
         else:
-            row |= run_case(case, args, peak, args.case_timeout_s)
+            # Everything ends by budget + 60 s (8 minutes by default), so no run overstays.
+            row |= run_case(case, args, peak,
+                            min(args.case_timeout_s, args.budget_s + 60 - elapsed))
         doc["results"].append(row)
         print(table([row]).splitlines()[1], flush=True)
         if args.json:
