@@ -60,7 +60,8 @@ def configure(runtime: ml_collections.ConfigDict) -> None:
         for name, value in flags.items():
             _append_env(name, value)
     if runtime.get("compilation_cache", True):
-        enable_compilation_cache(runtime.get("cache_dir", ""))
+        directory = enable_compilation_cache(runtime.get("cache_dir", ""))
+        log.info("compilation cache: %s", directory or "off (JAX_ENABLE_COMPILATION_CACHE)")
 
 
 def enable_compilation_cache(cache_dir: str = "") -> str | None:
@@ -73,12 +74,10 @@ def enable_compilation_cache(cache_dir: str = "") -> str | None:
     function never calls it, a command or a script does.
     """
     if not jax.config.jax_enable_compilation_cache:
-        log.info("compilation cache: off (JAX_ENABLE_COMPILATION_CACHE)")
         return None
     directory = cache_dir or default_cache_dir()
     jax.config.update("jax_compilation_cache_dir", directory)
     # Cache every program, however quick to compile: a restart then compiles nothing.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    log.info("compilation cache: %s", directory)
     return directory
