@@ -8,6 +8,8 @@
 
 Texts come from the arguments, from `--input FILE` (one per line, blank lines skipped)
 and from stdin when an argument is `-`. `--json` prints one JSON object per text.
+Compiled programs go to the persistent compilation cache (bert_jax/runtime.py), so running
+a command again compiles nothing; JAX_ENABLE_COMPILATION_CACHE=false turns it off.
 """
 
 from __future__ import annotations
@@ -82,10 +84,11 @@ def read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def load_predictor(args: argparse.Namespace):
-    """The model `--model` names, as a `Predictor`."""
-    from bert_jax import weights
+    """The model `--model` names, as a `Predictor` (its programs cached on disk)."""
+    from bert_jax import runtime, weights
     from bert_jax.inference import Predictor
 
+    runtime.enable_compilation_cache()  # before the loading compiles anything
     loaded = weights.load_pretrained(args.model, head="auto")
     if loaded.tokenizer is None:
         raise UserError(f"{args.model} has no vocab.txt or tokenizer.json: put the model's "
