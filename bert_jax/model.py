@@ -5,8 +5,8 @@ HuggingFace PyTorch names with `_` for `.` (`bert/encoder_layer_0/attention_self
 is `bert.encoder.layer.0.attention.self.query.weight`), so weight conversion is a
 rename plus a transpose (see `weights.py`).
 
-Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `mlp`, ...);
-`sharding.py` maps them onto mesh axes. Compute dtype (`config.dtype`) is separate
+The building blocks (Dense, LayerNorm, embedding tables with logical axis names, which
+`sharding.py` maps onto mesh axes) are in `layers.py`. Compute dtype (`config.dtype`) is separate
 from storage dtype (`config.param_dtype`): bf16 matmuls on fp32 parameters is
 `dtype="bfloat16"`. Attention scores and softmax, LayerNorm statistics and the logits
 heads (MLM decoder, NSP, classifier: fp32 accumulation, fp32 bias) stay in fp32.
@@ -25,96 +25,10 @@ from bert_jax import heads, sharding
 from bert_jax.attention import attention
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
-from bert_jax.ops import Dropout, LayerNorm, activation, matmul
+from bert_jax.layers import dense, embedding, gather_positions, in_use, layer_norm, lookup
+from bert_jax.ops import Dropout, activation, matmul
 
 Array = jax.Array
-
-
-# ---- building blocks --------------------------------------------------------------------
-
-def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
-    """A parameter's layout where it is used: whole along `embed` (the dim that FSDP
-    shards for storage), still split along a tensor-parallel dim (heads, mlp, vocab).
-    Constraining a weight to it right before use is the FSDP all-gather (and, through
-    autodiff, the gradient's reduce-scatter); left to XLA, a weight split along the
-    hidden dim can split the activations along it too, which then get gathered."""
-    return tuple(None if n == "embed" else n for n in names)
-
-
-class Dense(nn.Module):
-    """`nn.Dense` (the same parameters and values) with the weights laid out for use
-    (`in_use`) and the matmul `config.matmul_impl` names (see `ops.matmul`).
-
-    `out_dtype` (logits heads): the product accumulates and is returned in it, and the
-    bias is added in it, instead of the compute dtype; with bf16 compute, float32 keeps
-    the logits from being rounded to bf16's 8 bits before the loss."""
-
-    features: int
-    axes: tuple[str | None, str | None]  # logical names of the kernel [in, out]
-    config: BertConfig
-    out_dtype: Any = None  # None: the compute dtype (config.dtype)
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.config
-        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), self.axes),
-            (x.shape[-1], self.features), param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(
-            nn.initializers.zeros, self.axes[1:]), (self.features,), param_dtype)
-        kernel = sharding.constrain(kernel, in_use(self.axes))
-        bias = sharding.constrain(bias, in_use(self.axes[1:]))
-        out_dtype = None if self.out_dtype is None else jnp.dtype(self.out_dtype)
-        y = matmul(cfg.matmul_impl)(x.astype(dtype), kernel.astype(dtype),
-                                    (((x.ndim - 1,), (0,)), ((), ())),
-                                    preferred_element_type=out_dtype)
-        return y + bias.astype(y.dtype)
-
-
-def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
-           name: str, out_dtype: Any = None) -> Dense:
-    return Dense(features, axes, cfg, out_dtype, name=name)
-
-
-def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
-    return LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
-                     param_dtype=jnp.dtype(cfg.param_dtype), name=name)
-
-
-def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str,
-           used_rows: int | None = None) -> nn.Embed:
-    """An embedding table of `num` rows; rows from `used_rows` on (vocabulary padding)
-    start at zero and, never looked up or predicted, stay zero."""
-    init = nn.initializers.normal(cfg.initializer_range)
-    if used_rows is not None and used_rows < num:
-        normal = init
-
-        def init(key, shape, dtype=jnp.float32):
-            used = normal(key, (used_rows, *shape[1:]), dtype)
-            return jnp.pad(used, [(0, shape[0] - used_rows)] + [(0, 0)] * (len(shape) - 1))
-
-    return nn.Embed(
-        num, cfg.hidden_size,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=nn.with_logical_partitioning(init, axes),
-        name=name,
-    )
-
-
-def _lookup(embed: nn.Embed, ids: Array, rows: str | None = None) -> Array:
-    """`embed(ids)` with the table's embedding dim whole: gathered over fsdp before the
-    lookup (as every FSDP weight is before its use), its rows left split over `rows`'
-    mesh axes. A lookup from a table split along the embedding dim into a batch-split
-    output is a reshard XLA can only do by replicating the whole result."""
-    table = sharding.constrain(embed.embedding, in_use((rows, "embed")))
-    return jnp.take(table, ids, axis=0).astype(embed.dtype)
-
-
-def gather_positions(x: Array, positions: Array) -> Array:
-    """x[b, positions[b, p]] for every b, p: [B, L, H] x [B, P] -> [B, P, H]."""
-    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
 
 
 # ---- the encoder ------------------------------------------------------------------------
@@ -124,20 +38,20 @@ class BertEmbeddings(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.word_embeddings = _embed(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
+        self.word_embeddings = embedding(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
                                       "word_embeddings", used_rows=cfg.vocab_size)
-        self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, (None, "embed"),
+        self.position_embeddings = embedding(cfg, cfg.max_position_embeddings, (None, "embed"),
                                           "position_embeddings")
-        self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
+        self.token_type_embeddings = embedding(cfg, cfg.type_vocab_size, (None, "embed"),
                                             "token_type_embeddings")
-        self.LayerNorm = _layer_norm(cfg)
+        self.LayerNorm = layer_norm(cfg)
         self.dropout = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
                  deterministic: bool) -> Array:
-        x = (_lookup(self.word_embeddings, input_ids, "vocab")
-             + _lookup(self.position_embeddings, position_ids)
-             + _lookup(self.token_type_embeddings, token_type_ids))
+        x = (lookup(self.word_embeddings, input_ids, "vocab")
+             + lookup(self.position_embeddings, position_ids)
+             + lookup(self.token_type_embeddings, token_type_ids))
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
     def attend(self, x: Array) -> Array:
@@ -167,7 +81,7 @@ class BertSelfAttention(nn.Module):
         queries = x if queries is None else queries
 
         def project(name: str, y: Array) -> Array:
-            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
+            y = dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
             y = y.reshape(*y.shape[:2], heads, head_dim)
             return sharding.constrain(y, ("batch", "length", "heads", None))
 
@@ -200,15 +114,15 @@ class BertLayer(nn.Module):
             x, mask, deterministic, queries, positions)
         if queries is not None:
             x = queries
-        y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
-        x = _layer_norm(cfg, "attention_output_LayerNorm")(
+        y = dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
+        x = layer_norm(cfg, "attention_output_LayerNorm")(
             x + drop(y, deterministic=deterministic))
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
-        y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
+        y = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
         y = sharding.constrain(activation(cfg.hidden_act)(y), ("batch", "length", "mlp"))
-        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
-        x = _layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
+        y = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
+        x = layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
         return x, probs
 
@@ -237,7 +151,7 @@ class BertModel(nn.Module):
         self.layers = [layer_cls(cfg, name=f"encoder_layer_{i}")
                        for i in range(cfg.num_hidden_layers)]
         if self.add_pooling_layer:
-            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", None), "pooler_dense")
+            self.pooler = dense(cfg, cfg.hidden_size, ("embed", None), "pooler_dense")
 
     def __call__(
         self,
@@ -300,8 +214,8 @@ class BertMLMHead(nn.Module):
         the padding columns at the float32 minimum (never predicted, no effect on a
         softmax loss): the layout that shards over the mesh, for training."""
         cfg = self.config
-        x = _dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
-        x = _layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
+        x = dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
+        x = layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.padded_vocab_size,), jnp.dtype(cfg.param_dtype))
         bias = sharding.constrain(bias.astype(jnp.float32), ("vocab",))
@@ -333,7 +247,7 @@ class BertForPreTraining(nn.Module):
         self.bert = BertModel(self.config)
         self.cls_predictions = BertMLMHead(self.config)
         if self.nsp:
-            self.cls_seq_relationship = _dense(self.config, 2, ("embed", None),
+            self.cls_seq_relationship = dense(self.config, 2, ("embed", None),
                                                "cls_seq_relationship", jnp.float32)
 
     def __call__(
@@ -385,7 +299,7 @@ class BertForSequenceClassification(nn.Module):
                                           deterministic=deterministic)
         x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
             enc.pooler_output, deterministic=deterministic)
-        return _dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
+        return dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
 
 
 # ---- parameters -------------------------------------------------------------------------
