@@ -63,17 +63,19 @@ class Dense(nn.Module):
 
 
 def dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
-           name: str, out_dtype: Any = None) -> Dense:
+          name: str, out_dtype: Any = None) -> Dense:
+    """A `Dense` named `name` (the HF name with `_` for `.`), kernel axes `axes`."""
     return Dense(features, axes, cfg, out_dtype, name=name)
 
 
 def layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
+    """BERT's LayerNorm (`config.layer_norm_eps`; statistics in fp32, see ops.LayerNorm)."""
     return LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
                      param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
 
 def embedding(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str,
-           used_rows: int | None = None) -> nn.Embed:
+              used_rows: int | None = None) -> nn.Embed:
     """An embedding table of `num` rows; rows from `used_rows` on (vocabulary padding)
     start at zero and, never looked up or predicted, stay zero."""
     init = nn.initializers.normal(cfg.initializer_range)
