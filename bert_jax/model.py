@@ -39,11 +39,11 @@ class BertEmbeddings(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.word_embeddings = embedding(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
-                                      "word_embeddings", used_rows=cfg.vocab_size)
-        self.position_embeddings = embedding(cfg, cfg.max_position_embeddings, (None, "embed"),
-                                          "position_embeddings")
+                                         "word_embeddings", used_rows=cfg.vocab_size)
+        self.position_embeddings = embedding(cfg, cfg.max_position_embeddings,
+                                             (None, "embed"), "position_embeddings")
         self.token_type_embeddings = embedding(cfg, cfg.type_vocab_size, (None, "embed"),
-                                            "token_type_embeddings")
+                                               "token_type_embeddings")
         self.LayerNorm = layer_norm(cfg)
         self.dropout = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
@@ -71,11 +71,12 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool,
                  queries: Array | None = None, positions: Array | None = None,
-                 ) -> tuple[Array, Array | None]:
+                 segment_ids: Array | None = None) -> tuple[Array, Array | None]:
         """Self-attention of x [B, L, H] under the padding `mask` [B, L]; `queries`
         [B, Q, H], the rows of x at `positions` [B, Q], attend to all of x instead,
-        giving context [B, Q, H]. Also returns the probabilities [B, heads, Q, L] where
-        the kernel (`config.attention`) makes them."""
+        giving context [B, Q, H]. With `segment_ids` [B, L] (packed rows) a token sees
+        only its own segment. Also returns the probabilities [B, heads, Q, L] where the
+        kernel (`config.attention`) makes them."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         queries = x if queries is None else queries
@@ -88,7 +89,7 @@ class BertSelfAttention(nn.Module):
         rate = cfg.attention_probs_dropout_prob
         context, probs = attention(
             project("query", queries), project("key", x), project("value", x), mask,
-            query_positions=positions, backend=cfg.attention,
+            segment_ids=segment_ids, query_positions=positions, backend=cfg.attention,
             dropout=Dropout(rate, cfg.dropout_impl) if rate > 0 else None,
             deterministic=deterministic)
         context = sharding.constrain(context, ("batch", "length", "heads", None)).reshape(
@@ -103,15 +104,17 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool,
-                 positions: Array | None = None) -> tuple[Array, Array | None]:
+                 positions: Array | None = None, segment_ids: Array | None = None,
+                 ) -> tuple[Array, Array | None]:
         """x [B, L, H] -> [B, L, H]; with `positions` [B, P] only those rows are computed
-        (they attend to all of x): [B, P, H], the same values as the full block's rows."""
+        (they attend to all of x, or to their own segment of it): [B, P, H], the same
+        values as the full block's rows."""
         cfg = self.config
         drop = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
         queries = None if positions is None else gather_positions(x, positions)
         context, probs = BertSelfAttention(cfg, name="attention_self")(
-            x, mask, deterministic, queries, positions)
+            x, mask, deterministic, queries, positions, segment_ids)
         if queries is not None:
             x = queries
         y = dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
@@ -130,13 +133,19 @@ class BertLayer(nn.Module):
 @flax.struct.dataclass
 class BertOutput:
     last_hidden_state: Array  # [B, L, H]
-    pooler_output: Array | None = None  # [B, H]
+    pooler_output: Array | None = None  # [B, H], or [B, K, H] per packed example
     hidden_states: tuple[Array, ...] | None = None  # embeddings + every layer: L+1 of [B, L, H]
     attentions: tuple[Array, ...] | None = None  # every layer: [B, heads, L, L]
 
 
 class BertModel(nn.Module):
-    """The encoder: embeddings, `num_hidden_layers` blocks, and the [CLS] pooler."""
+    """The encoder: embeddings, `num_hidden_layers` blocks, and the [CLS] pooler.
+
+    Packed rows (several examples in one row, `bert_jax/packing.py`) take `segment_ids`
+    [B, L] (0 padding, k = the row's k-th example: a token attends to its own example
+    only), `position_ids` restarting at 0 per example, and `cls_positions` [B, K] (each
+    example's [CLS]; negative for an empty slot, whose outputs are meaningless): the
+    pooler then gives one vector per example, [B, K, H]."""
 
     config: BertConfig
     add_pooling_layer: bool = True
@@ -164,12 +173,19 @@ class BertModel(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         last_layer_positions: Array | None = None,
+        segment_ids: Array | None = None,
+        cls_positions: Array | None = None,
     ) -> BertOutput:
         """`last_layer_positions` [B, P]: compute the last layer only at these positions,
         so last_hidden_state is [B, P, H] (row p: the state at position last_layer_positions[:, p])
-        and the pooler reads row 0: put position 0 first when the pooler is wanted."""
+        and the pooler reads its first row (its first K rows with `cls_positions` [B, K]):
+        put the [CLS] position(s) first when the pooler is wanted."""
+        if segment_ids is not None and position_ids is None:
+            raise UserError("packed rows (segment_ids) need position_ids restarting at 0 "
+                            "per example: bert_jax.packing.pack makes both")
         if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+            attention_mask = (jnp.ones_like(input_ids) if segment_ids is None
+                              else (segment_ids > 0).astype(jnp.int32))
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if output_attentions and self.config.attention != "xla":
@@ -184,12 +200,18 @@ class BertModel(nn.Module):
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             x, probs = layer(x, attention_mask, deterministic,
-                             last_layer_positions if last else None)
+                             last_layer_positions if last else None, segment_ids)
             hidden.append(x)
             attentions.append(probs)
         pooled = None
         if self.add_pooling_layer:
-            pooled = jnp.tanh(self.pooler(x[:, 0]))
+            if cls_positions is None:
+                first = x[:, 0]
+            elif last_layer_positions is None:
+                first = gather_positions(x, jnp.maximum(cls_positions, 0))
+            else:
+                first = x[:, :cls_positions.shape[1]]
+            pooled = jnp.tanh(self.pooler(first))
         return BertOutput(
             last_hidden_state=x,
             pooler_output=pooled,
@@ -233,7 +255,7 @@ class BertMLMHead(nn.Module):
 class PreTrainingOutput:
     mlm_logits: Array  # [B, P, V] at masked_positions, or [B, L, V] without them
     # (V: config.vocab_size, or config.padded_vocab_size with padded_vocab=True)
-    nsp_logits: Array | None  # [B, 2], or None for an MLM-only model
+    nsp_logits: Array | None  # [B, 2] ([B, K, 2] packed), or None for an MLM-only model
     encoder: BertOutput
 
 
@@ -248,7 +270,7 @@ class BertForPreTraining(nn.Module):
         self.cls_predictions = BertMLMHead(self.config)
         if self.nsp:
             self.cls_seq_relationship = dense(self.config, 2, ("embed", None),
-                                               "cls_seq_relationship", jnp.float32)
+                                              "cls_seq_relationship", jnp.float32)
 
     def __call__(
         self,
@@ -261,24 +283,31 @@ class BertForPreTraining(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         padded_vocab: bool = False,
+        position_ids: Array | None = None,
+        segment_ids: Array | None = None,
+        cls_positions: Array | None = None,
     ) -> PreTrainingOutput:
         """`masked_positions` [B, P]: project only these positions onto the vocabulary.
         Nothing else reads the last layer's other rows, so it runs only at [CLS] and the
         masked positions (5.6% of bert-base's FLOPs at S=128, P=20; the same values), and
         encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions.
-        `padded_vocab`: MLM logits over the padded vocabulary (see BertMLMHead)."""
+        `padded_vocab`: MLM logits over the padded vocabulary (see BertMLMHead).
+        Packed rows: `position_ids`, `segment_ids`, `cls_positions` [B, K] as BertModel;
+        the NSP logits are per example, [B, K, 2], and the last layer's rows [B, K + P, H]."""
         positions = None
         if masked_positions is not None:
-            cls = jnp.zeros_like(masked_positions[:, :1])
+            cls = (jnp.zeros_like(masked_positions[:, :1]) if cls_positions is None
+                   else jnp.maximum(cls_positions, 0).astype(masked_positions.dtype))
             positions = jnp.concatenate([cls, masked_positions], axis=1)
-        enc = self.bert(input_ids, attention_mask, token_type_ids,
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
                         deterministic=deterministic,
                         output_hidden_states=output_hidden_states,
                         output_attentions=output_attentions,
-                        last_layer_positions=positions)
+                        last_layer_positions=positions,
+                        segment_ids=segment_ids, cls_positions=cls_positions)
         x = enc.last_hidden_state
         if masked_positions is not None:
-            x = x[:, 1:]
+            x = x[:, positions.shape[1] - masked_positions.shape[1]:]
         mlm_logits = self.cls_predictions(x, self.bert, padded_vocab)
         nsp_logits = None
         if self.nsp:
@@ -293,10 +322,19 @@ class BertForSequenceClassification(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-                 token_type_ids: Array | None = None, *, deterministic: bool = True) -> Array:
+                 token_type_ids: Array | None = None, *, deterministic: bool = True,
+                 position_ids: Array | None = None, segment_ids: Array | None = None,
+                 cls_positions: Array | None = None) -> Array:
+        """Logits [B, num_labels]; for packed rows (`position_ids`, `segment_ids`,
+        `cls_positions` [B, K] as BertModel) one per example, [B, K, num_labels], with
+        the last layer run only at the K [CLS] positions (nothing else reads it)."""
         cfg = self.config
+        sparse = None if cls_positions is None else jnp.maximum(cls_positions, 0)
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids,
-                                          deterministic=deterministic)
+                                          position_ids, deterministic=deterministic,
+                                          last_layer_positions=sparse,
+                                          segment_ids=segment_ids,
+                                          cls_positions=cls_positions)
         x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
             enc.pooler_output, deterministic=deterministic)
         return dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
