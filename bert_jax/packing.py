@@ -30,6 +30,10 @@ import numpy as np
 
 from bert_jax.errors import UserError
 
+# The model's keyword inputs for packed rows (every head takes them).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids",
+                "segment_ids", "cls_positions")
+
 
 @dataclasses.dataclass(frozen=True)
 class Packed:
@@ -59,9 +63,7 @@ class Packed:
 
     def model_inputs(self) -> dict[str, np.ndarray]:
         """The keyword arguments of a model call on the packed rows (every head)."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "token_type_ids": self.token_type_ids, "position_ids": self.position_ids,
-                "segment_ids": self.segment_ids, "cls_positions": self.cls_positions}
+        return {k: getattr(self, k) for k in MODEL_INPUTS}
 
     def unpack(self, values: np.ndarray) -> np.ndarray:
         """Per-slot outputs [R, K, ...] -> per-example outputs [N, ...] in input order."""

@@ -79,6 +79,7 @@ def test_packed_classifier_logits_equal_unpacked(classifier_params, shape, backe
     np.testing.assert_allclose(out, unpacked, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["xla", "dot_product"])
 def test_packed_pretraining_heads_equal_unpacked(backend):
     """NSP per example and MLM at masked positions spread over a row's examples, with
