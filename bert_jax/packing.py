@@ -30,9 +30,10 @@ import numpy as np
 
 from bert_jax.errors import UserError
 
-# The model's keyword inputs for packed rows (every head takes them).
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids",
-                "segment_ids", "cls_positions")
+# The model's keyword inputs for packed rows (every head takes them): the padded rows'
+# three, and what packing adds.
+PACKED_INPUTS = ("position_ids", "segment_ids", "cls_positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", *PACKED_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True)

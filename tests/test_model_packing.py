@@ -147,3 +147,27 @@ def test_segment_ids_without_position_ids_is_an_error():
     del inputs["position_ids"]
     with pytest.raises(UserError, match="position_ids"):
         encoder.apply({"params": params}, **inputs)
+
+
+@pytest.mark.parametrize("shape", ["pair", "regression"])
+def test_classification_objective_on_packed_batch_equals_unpacked(classifier_params, shape):
+    """The fine-tuning objective sums the same loss and accuracy over a packed batch
+    (labels per slot, empty slots weightless) as over the padded one."""
+    from bert_jax.train.objectives import Classification
+
+    labels, pairs = SHAPES[shape]
+    objective = Classification(build(CFG.replace(num_labels=labels), "classification"))
+    params = classifier_params[labels]
+    ids, types = examples(9, pairs, seed=11)
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 5, 9).astype(np.float32) if labels == 1 else rng.integers(0, 3, 9)
+    padded_batch = {**padded(ids, types), "labels": y}
+    packed = pack(ids, types, 32, max_examples=4)
+    packed_batch = {**packed.model_inputs(), "labels": packed.per_slot(y)}
+    assert (packed.example_index < 0).any()  # some empty slots, which must weigh nothing
+    want, got = (objective.numerators(params, b, None, False)
+                 for b in (padded_batch, packed_batch))
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
+    assert objective.denominators(packed_batch) == objective.denominators(padded_batch)
