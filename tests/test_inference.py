@@ -164,6 +164,12 @@ def test_bucket_rules_by_hand():
     assert b.mask_slots(1, 16) == 8 and b.mask_slots(8, 32) == 8
     assert b.mask_slots(9, 32) == 32  # more [MASK]s than slots: every position
     assert b.max_compilations("fill_mask") == 3 * 3 * 2
+    assert b.pack_row_length(10) == 64  # pack_length 128, capped at the model's 64
+    wide = Buckets().for_model(512)
+    assert [wide.pack_row_length(n) for n in (10, 128, 129)] == [128, 128, 256]
+    assert [b.example_slots(n) for n in (1, 8, 9, 32)] == [8, 8, 32, 32]
+    assert b.max_compilations("embed", packing=True) == 3 * 3 * 2
+    assert b.max_compilations("fill_mask", packing=True) == 3 * 3 * 2 * 2
     capped = Buckets(max_tokens=2048)
     assert list(capped.chunks(20, length=128)) == [(8, 8), (8, 8), (4, 8)]  # 32 x 128 > 2048
     assert list(capped.chunks(20, length=64)) == [(20, 32)]
