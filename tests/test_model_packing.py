@@ -171,3 +171,14 @@ def test_classification_objective_on_packed_batch_equals_unpacked(classifier_par
     for name in want:
         np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
     assert objective.denominators(packed_batch) == objective.denominators(padded_batch)
+    # A ragged last batch's per-row weight (train/finetune.py's `example_weight` [B])
+    # drops every example of a zero-weight row, and only those.
+    row_weight = np.ones(len(packed.input_ids), np.float32)
+    row_weight[-1] = 0.0
+    kept = np.isin(np.arange(9), packed.example_index[:-1])
+    want = objective.numerators(params, {k: v[kept] for k, v in padded_batch.items()}, None,
+                                False)
+    got = objective.numerators(params, {**packed_batch, "example_weight": row_weight}, None,
+                               False)
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)

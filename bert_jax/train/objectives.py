@@ -93,7 +93,7 @@ class Classification:
 
     A batch is padded rows ([B] labels), or packed rows (`packing.Packed.model_inputs()`
     plus labels [B, K] from `Packed.per_slot`): then logits, labels and weights are per
-    example slot, and the empty slots weigh 0 unless `example_weight` [B, K] is given."""
+    example slot, and the empty slots weigh 0 (see `_example_weights`)."""
 
     model: nn.Module  # BertForSequenceClassification
 
@@ -130,10 +130,12 @@ class Classification:
 
 
 def _example_weights(batch: Batch) -> jax.Array:
-    """1 for a real example, 0 for a padding row of a ragged last eval batch (or an
-    empty slot of a packed row)."""
-    if "example_weight" in batch:
-        return batch["example_weight"].astype(jnp.float32)
+    """1 for a real example, 0 for a padding row of a ragged last eval batch; packed rows
+    ([B, K]) also weigh 0 in an empty slot, and a per-row `example_weight` [B] applies
+    to every slot of its row."""
+    w = (batch["example_weight"].astype(jnp.float32) if "example_weight" in batch
+         else jnp.ones(batch["input_ids"].shape[:1], jnp.float32))
     if "cls_positions" in batch:
-        return (batch["cls_positions"] >= 0).astype(jnp.float32)
-    return jnp.ones(batch["input_ids"].shape[:1], jnp.float32)
+        filled = (batch["cls_positions"] >= 0).astype(jnp.float32)
+        w = filled * (w[:, None] if w.ndim == 1 else w)
+    return w
