@@ -51,6 +51,11 @@ class TruncationWarning(UserWarning):
 
 # ---- pure model calls -------------------------------------------------------------------
 
+def _inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The model's inputs in `batch`: padded rows, or packed ones (with segment ids)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
 def _fill_mask(module: modeling.BertForPreTraining, params: Any, batch: dict[str, jax.Array],
                top_k: int, num_tokens: int) -> tuple[jax.Array, jax.Array]:
     """Top-k (probabilities, ids) at `batch["positions"]`: [B, P, k] each. Only the first
@@ -61,11 +66,6 @@ def _fill_mask(module: modeling.BertForPreTraining, params: Any, batch: dict[str
     logits = jnp.where(jnp.arange(logits.shape[-1]) < num_tokens, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1)
     return jax.lax.top_k(probs, top_k)
-
-
-def _inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The model's inputs in `batch`: padded rows, or packed ones (with segment ids)."""
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 def _embed(module: modeling.BertModel, params: Any, batch: dict[str, jax.Array], layer: int,
@@ -235,8 +235,8 @@ class Predictor:
         cut to the batch's `Buckets.example_slots`; padding rows have no example."""
         b = self.buckets
         packed = pack([e.ids for e in encoded], [e.type_ids for e in encoded],
-                            b.pack_row_length(max(len(e.ids) for e in encoded)),
-                            max_examples=max(b.pack_slots), pad_id=self.tokenizer.pad_id)
+                      b.pack_row_length(max(len(e.ids) for e in encoded)),
+                      max_examples=max(b.pack_slots), pad_id=self.tokenizer.pad_id)
         inputs, length, start = packed.model_inputs(), packed.input_ids.shape[1], 0
         for n, padded in b.chunks(len(packed.input_ids), length):
             index = packed.example_index[start:start + n]
