@@ -7,10 +7,11 @@
     echo "A sentence. ||| The next one." | bert-jax nsp --model DIR -
     bert-jax attention --model DIR "The cat sat on the mat." --layer 3 --plot attn.png
 
-Texts come from the arguments, from `--input FILE` (one per line, blank lines skipped)
-and from stdin when an argument is `-`. `--json` prints one JSON object per text.
 `--packing` (fill-mask, embed, nsp) puts several texts in each row of the model's input
 instead of padding each to its own: faster for many short texts, the same results.
+
+Texts come from the arguments, from `--input FILE` (one per line, blank lines skipped)
+and from stdin when an argument is `-`. `--json` prints one JSON object per text.
 """
 
 from __future__ import annotations
