@@ -105,8 +105,11 @@ def plan_phases(config: ml_collections.ConfigDict) -> list[Phase]:
 
 # ---- data -------------------------------------------------------------------------------
 
-def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Builds the demo vocab and data under <workdir>/data (once; a rerun reuses them)."""
+def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
+    """Builds the demo vocab and data under <workdir>/data (once; a rerun reuses them).
+
+    Returns the `data` fields that point at them (train, eval, vocab); `config` is read,
+    never written."""
     from bert_jax import data
     from bert_jax.tokenizer import Tokenizer
 
@@ -141,8 +144,8 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("demo data ready")
-    d.train, d.eval = str(root / "train"), str(root / "eval")
-    d.vocab = str(root / "vocab" / "vocab.txt")
+    return {"train": str(root / "train"), "eval": str(root / "eval"),
+            "vocab": str(root / "vocab" / "vocab.txt")}
 
 
 def make_loader(config: ml_collections.ConfigDict, directory: str, batch_size: int, *,
@@ -228,7 +231,10 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
         if not local:
             raise UserError(f"the demo builds its vocab and data with local tools: use a local "
                             f"--workdir, not {workdir}")
-        prepare_demo_data(config, Path(workdir))
+        # The run's config (saved, and read from here on) names the data it built; the
+        # caller's config is left as it was given.
+        config = config.copy_and_resolve_references()
+        config.data.update(prepare_demo_data(config, Path(workdir)))
     phases = plan_phases(config)
     total = int(t.total_steps)
 
