@@ -283,6 +283,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path, flag, value, message):
     assert err.startswith("error: ") and message in err
 
 
+def test_finetuning_lays_out_its_run_on_the_configs_mesh(tiny_model, tmp_path):
+    """Fine-tuning builds the mesh of its config's mesh section (as pre-training does),
+    no longer a pinned (-1, 1, 1): one that the devices cannot fill is refused."""
+    n = jax.device_count()
+    code, out, err = run_cli(*glue_args(tiny_model, FIXTURES, tmp_path / "w",
+                                        f"--config.mesh.shape=({n + 1},1,1)"))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"mesh shape ({n + 1}, 1, 1) needs {n + 1} devices" in err
+
+
 @pytest.mark.slow
 def test_predict_errors(sweep, tiny_model, tmp_path):
     export = sweep["export"] / "MNLI"

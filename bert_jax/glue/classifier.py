@@ -21,12 +21,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from bert_jax import configlib, files, sharding, weights
+from bert_jax import files, sharding, weights
 from bert_jax import model as model_lib
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
 from bert_jax.glue.features import FEATURE_KEYS, batches
 from bert_jax.glue.tasks import TaskSpec, get_task
+from bert_jax.runs import RunDir
 from bert_jax.tokenizer import Tokenizer
 from bert_jax.train import objectives
 
@@ -73,13 +74,11 @@ def load_run(run_dir: str | Path) -> tuple[TaskSpec, weights.Pretrained]:
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a fine-tuning run with a checkpoint: run "
                         "`bert-jax glue` with --config.save_checkpoint=True (or --export)")
-    saved = configlib.load_saved(run_dir)
-    task = get_task(saved.task)
-    try:
-        config = BertConfig(**saved.model.to_dict())
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{run_dir}/config.json: bad model config: {e}") from None
-    params, _ = checkpoint.restore_params(run_dir / "checkpoints")
+    run = RunDir(run_dir)
+    saved = run.saved_config()
+    task = get_task(saved["task"])
+    config = run.model_config(saved)
+    params, _ = checkpoint.restore_params(run.checkpoints)
     tokenizer = None
     if (run_dir / "tokenizer.json").exists() or (run_dir / "vocab.txt").exists():
         tokenizer = Tokenizer.from_dir(run_dir)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_jax.data.padding import pad_rows
 from bert_jax.errors import UserError
 from bert_jax.glue.tasks import Example, TaskSpec, get_task, has_split, read_split
 from bert_jax.tokenizer import Tokenizer
@@ -73,10 +74,7 @@ def batches(features: dict[str, np.ndarray], batch_size: int, *,
         if len(rows) < batch_size and drop_remainder:
             return
         width = next((b for b in sorted(buckets) if b >= lengths[rows].max()), full)
-        weight = np.ones(batch_size, np.float32)
-        if len(rows) < batch_size:
-            weight[len(rows):] = 0.0
-            rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
+        rows, weight = pad_rows(rows, batch_size)
         batch = {k: v[rows, :width] if k in FEATURE_KEYS else v[rows]
                  for k, v in features.items()}
         batch["example_weight"] = weight

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,9 @@ from bert_jax.glue import metrics as glue_metrics
 from bert_jax.glue.classifier import make_predict, predict_all, to_predictions
 from bert_jax.glue.features import AX_KEY, FEATURE_KEYS, batches
 from bert_jax.glue.tasks import get_task
+from bert_jax.runs import RunDir
 from bert_jax.train import objectives
-from bert_jax.train import state as state_lib
-from bert_jax.train import step as step_lib
+from bert_jax.train import programs as programs_lib
 from bert_jax.train.writer import MetricWriter
 
 
@@ -59,11 +58,9 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
     task = get_task(task_name)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(workdir)
     # A run without results.json is unfinished: it starts over, so drop what it left.
-    for stale in ("metrics.jsonl", "test_predictions.json"):
-        (workdir / stale).unlink(missing_ok=True)
-    if (workdir / "checkpoints").exists():
-        shutil.rmtree(workdir / "checkpoints")
+    run.clear_unfinished()
 
     # The architecture is the pre-trained model's; the config's model section sets its
     # numerics and dropout.
@@ -86,12 +83,12 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
     ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
     ocfg.lr = float(lr)
     ocfg.warmup_steps = int(total * config.warmup_proportion)
-    mesh = sharding.make_mesh(tuple(config.mesh.shape), dcn_shape=tuple(config.mesh.dcn_shape))
-    rules = sharding.config_rules(config.mesh)
+    mesh, rules = programs_lib.mesh_from_config(config.mesh)
     sharding.check_batch(config.batch_size, mesh)
-    optimizer, schedule, shardings, train_step, predict = _programs(
-        mcfg, json.dumps(ocfg.to_dict(), sort_keys=True), total, mesh, rules)
-    state = state_lib.init_state(module, optimizer, mesh, seed, params=params, rules=rules)
+    programs, predict = _programs(mcfg, json.dumps(ocfg.to_dict(), sort_keys=True), total,
+                                  mesh, rules)
+    train_step, schedule = programs.train_step, programs.schedule
+    state = programs.init_state(seed, params=params)
 
     writer = MetricWriter(workdir, tensorboard=False)
     start = time.perf_counter()
@@ -145,38 +142,34 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
                                      config.eval_batch_size, tuple(config.length_buckets))
                 tests.append({"task": name, "split": split, "index": data[key]["guid"].tolist(),
                               "prediction": to_predictions(task, logits).tolist()})
-        files.write_text_atomic(workdir / "test_predictions.json", json.dumps(tests))
+        files.write_text_atomic(run.test_predictions, json.dumps(tests))
     if config.save_checkpoint:
         from bert_jax import checkpoint
-        ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
+        ckpt = checkpoint.Checkpointer(run.checkpoints, keep=1)
         ckpt.save(total, state, {"task": task.name})
         ckpt.close()
         if pretrained.tokenizer is not None:  # the run directory is then a whole model
             pretrained.tokenizer.save(workdir)
-        results["checkpoint"] = "checkpoints"
+        results["checkpoint"] = run.checkpoints.name
     results["wall_seconds"] = time.perf_counter() - start
     # Atomic: a finished run is never half-written (its presence marks the run done).
-    files.write_json_atomic(workdir / "results.json", results)
+    files.write_json_atomic(run.results, results)
     return results
 
 
 @functools.lru_cache(maxsize=8)
 def _programs(mcfg: BertConfig, optimizer_json: str, total: int, mesh: Any,
-              rules: sharding.Rules) -> tuple:
-    """Optimizer, schedule, state shardings, and the jitted train step and predict of a run.
+              rules: sharding.Rules) -> tuple[programs_lib.Programs, Any]:
+    """The programs (train step, state layout) and the jitted predict of a run.
 
     Cached on everything they depend on (the seed is not among it), so the seeds of one
     learning rate, and the runs a resumed sweep redoes, reuse the compilations.
     """
-    module = model_lib.build(mcfg, "classification")
     optimizer, schedule = optim.build(ml_collections.ConfigDict(json.loads(optimizer_json)),
                                       total)
-    shardings = state_lib.state_shardings(module, optimizer, mesh, rules)
-    objective = objectives.Classification(module)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(objective, optimizer, schedule), shardings, mesh, rules)
-    return optimizer, schedule, shardings, train_step, make_predict(
-        objective, shardings.params, mesh)
+    programs = programs_lib.build(mcfg, "classification", objectives.Classification,
+                                  optimizer, schedule, mesh, rules)
+    return programs, make_predict(programs.objective, programs.state_shardings.params, mesh)
 
 
 @functools.lru_cache(maxsize=8)

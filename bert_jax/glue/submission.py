@@ -25,6 +25,7 @@ import numpy as np
 from bert_jax import files
 from bert_jax.errors import UserError
 from bert_jax.glue.tasks import TASKS, TaskSpec, get_task
+from bert_jax.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def write_submission(summary: dict[str, Any], workdir: str | Path) -> Path:
     workdir = Path(workdir)
     out = workdir / "submission"
     for s in summary["tasks"].values():
-        entries = json.loads((workdir / s["best_run"] / "test_predictions.json").read_text())
+        entries = json.loads(RunDir(workdir / s["best_run"]).test_predictions.read_text())
         for e in entries:
             spec = get_task(e["task"])
             preds = np.asarray(e["prediction"], np.float64 if spec.is_regression else np.int64)

@@ -39,6 +39,7 @@ from bert_jax.glue import reports
 from bert_jax.glue.features import load_task_data
 from bert_jax.glue.submission import write_submission
 from bert_jax.glue.tasks import GLUE_TASKS, TASKS, get_task, split_path
+from bert_jax.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +233,12 @@ def _recipe(config: Any, model_fields: Sequence[str]) -> dict[str, Any]:
 def _finished(d: Path, config: ml_collections.ConfigDict,
               predict_test: bool) -> dict[str, Any] | None:
     """The results of a finished run in `d` that this sweep can use, else None (redo it)."""
+    run = RunDir(d)
+    results = run.read_results()
+    if results is None:
+        return None
     try:
-        results = json.loads((d / "results.json").read_text())
-        saved = json.loads((d / "config.json").read_text())
+        saved = json.loads(run.config.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     fields = tuple(config.model)
@@ -244,10 +248,10 @@ def _finished(d: Path, config: ml_collections.ConfigDict,
             raise UserError(
                 f"{d} was run with {key}={saved.get(key)!r}, this sweep has "
                 f"{current.get(key)!r}: use another --workdir, or delete {d} to redo it")
-    if predict_test and not (d / "test_predictions.json").exists():
+    if predict_test and not run.test_predictions.exists():
         log.info("%s: finished without test predictions; running it again", d)
         return None
-    if config.save_checkpoint and not (d / "checkpoints").is_dir():
+    if config.save_checkpoint and not run.has_checkpoints():
         log.info("%s: finished without a checkpoint; running it again", d)
         return None
     return results
