@@ -25,6 +25,7 @@ from conftest import require
 from bert_jax import cli, weights
 from bert_jax import model as model_lib
 from bert_jax.config import preset
+from bert_jax.errors import UserError
 from bert_jax.glue import classifier, features, tasks
 from bert_jax.glue import sweep as glue_sweep
 from bert_jax.tokenizer import Tokenizer
@@ -281,6 +282,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path, flag, value, message):
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [err.strip().splitlines()[0]]  # exactly one line
     assert err.startswith("error: ") and message in err
+
+
+def test_sweep_does_not_write_into_the_config_it_was_given(tmp_path):
+    from bert_jax import configlib
+
+    config = configlib.load("configs/glue.py:default")
+    given = config.to_json()
+    with pytest.raises(UserError, match="RTE train file not found"):  # before any model loads
+        glue_sweep.sweep(config, ["RTE"], "some-model", tmp_path, tmp_path / "w",
+                         export=tmp_path / "export")
+    assert config.to_json() == given
 
 
 def test_finetuning_lays_out_its_run_on_the_configs_mesh(tiny_model, tmp_path):

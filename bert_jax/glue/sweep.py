@@ -140,6 +140,7 @@ def sweep(config: ml_collections.ConfigDict, tasks: Sequence[str], model: str,
     if not tasks or not lrs or not seeds:
         raise UserError("nothing to run: give at least one task, learning rate and seed")
     workdir, data_dir = Path(workdir), Path(data_dir)
+    # The runs' config: a copy with what the sweep adds; the caller's is not written into.
     config = ml_collections.ConfigDict(config.to_dict())
     # A local model is recorded by its absolute path, so a rerun from another directory
     # is recognised as the same sweep.
