@@ -10,10 +10,10 @@ Both sides fine-tune the same checkpoint (default: the released all-MiniLM-L6-v2
 AdamWeightDecay (Adam without bias correction, eps 1e-6, decoupled weight decay 0.01 except
 LayerNorm and bias, gradients clipped to norm 1.0), written out below for PyTorch. They see
 identical inputs: the same featurized arrays (bert-jax's tokenizer), the same batches in
-the same order, cut to the same length buckets (`finetune.batches`). What differs is the
+the same order, cut to the same length buckets (`features.batches`). What differs is the
 framework, the dropout masks and the classifier's random init (both seeded by the seed).
 
-bert-jax runs through `glue_sweep.sweep`, so `<workdir>` is an ordinary `bert-jax glue`
+bert-jax runs through `sweep.sweep`, so `<workdir>` is an ordinary `bert-jax glue`
 workdir (the equivalent command is printed); PyTorch results go to `<workdir>/pytorch/`.
 Runs are interleaved (for each seed, for each task: bert-jax then PyTorch) so that load
 from other processes on a shared machine hits both sides alike; finished runs of either
@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from bert_jax import configlib, glue_metrics
-from bert_jax.data import glue
+from bert_jax import configlib
 from bert_jax.files import write_json_atomic, write_text_atomic
-from bert_jax.train import finetune, glue_sweep
+from bert_jax.glue import classifier, features, reports, sweep
+from bert_jax.glue import metrics as glue_metrics
+from bert_jax.glue import tasks as glue
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,7 +93,7 @@ def run_pytorch(config, task: glue.TaskSpec, model_dir: str, data: dict, *, lr: 
 
     torch.manual_seed(seed)
     model = transformers.BertForSequenceClassification.from_pretrained(
-        model_dir, num_labels=task.num_labels, hidden_dropout_prob=config.dropout)
+        model_dir, num_labels=task.num_labels, hidden_dropout_prob=config.model.hidden_dropout_prob)
     no_decay = [p for n, p in model.named_parameters() if "LayerNorm" in n or n.endswith("bias")]
     decay = [p for n, p in model.named_parameters() if not ("LayerNorm" in n or n.endswith("bias"))]
     opt = bert_adam([{"params": decay, "weight_decay": config.optimizer.weight_decay},
@@ -105,13 +106,13 @@ def run_pytorch(config, task: glue.TaskSpec, model_dir: str, data: dict, *, lr: 
 
     def tensors(batch):
         return {k: torch.from_numpy(np.asarray(batch[k]).astype(np.int64))
-                for k in finetune.FEATURE_KEYS}
+                for k in features.FEATURE_KEYS}
 
     model.train()
     start = time.perf_counter()
     step, epoch, losses = 0, 0, []
     while step < total:
-        for batch in finetune.batches(train, config.batch_size, buckets=buckets,
+        for batch in features.batches(train, config.batch_size, buckets=buckets,
                                       seed=seed * 1000 + epoch, drop_remainder=True):
             for group in opt.param_groups:
                 group["lr"] = schedule(step, lr, warmup, total)
@@ -132,12 +133,12 @@ def run_pytorch(config, task: glue.TaskSpec, model_dir: str, data: dict, *, lr: 
     metrics: dict[str, float] = {}
     with torch.inference_mode():
         for split in task.dev_splits:
-            feats = {k: data[split][k] for k in finetune.FEATURE_KEYS}
+            feats = {k: data[split][k] for k in features.FEATURE_KEYS}
             logits = []
-            for batch in finetune.batches(feats, config.eval_batch_size, buckets=buckets):
+            for batch in features.batches(feats, config.eval_batch_size, buckets=buckets):
                 keep = batch.pop("example_weight") > 0
                 logits.append(model(**tensors(batch)).logits.float().numpy()[keep])
-            preds = finetune.to_predictions(task, np.concatenate(logits))
+            preds = classifier.to_predictions(task, np.concatenate(logits))
             metrics |= glue_metrics.compute(task, preds, data[split]["labels"], split=split)
     return {"task": task.name, "lr": lr, "seed": seed, "steps": total, "train_examples": n,
             "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start,
@@ -170,7 +171,7 @@ def table(tasks: list[str], jax_runs: dict, torch_runs: dict) -> str:
         both = bool(t) and len(j) == len(t)  # timings compare only over the same runs
         sums += np.array([*jt, *tt]) if both else 0
         lines.append(
-            f"| {name} ({glue_sweep.main_metric_name(name)}) | {len(j)}/{len(t)} | "
+            f"| {name} ({reports.main_metric_name(name)}) | {len(j)}/{len(t)} | "
             f"{mean_std([r['main_metric'] for r in j])} | "
             f"{mean_std([r['main_metric'] for r in t])} | {jt[0]:.0f} | "
             f"{tt[0]:.0f} | {_ratio(jt[0], tt[0], both)} | {jt[1]:.0f} | {tt[1]:.0f} | "
@@ -243,9 +244,9 @@ def main() -> None:
     import torch
     import transformers
 
-    tasks = glue_sweep.parse_tasks(args.tasks)
-    torch_tasks = glue_sweep.parse_tasks(args.torch_tasks) if args.torch_tasks else tasks
-    seeds = glue_sweep.parse_seeds(args.seeds)
+    tasks = sweep.parse_tasks(args.tasks)
+    torch_tasks = sweep.parse_tasks(args.torch_tasks) if args.torch_tasks else tasks
+    seeds = sweep.parse_seeds(args.seeds)
     limits = parse_limits(args.train_limit, tasks)
     configs = {t: configlib.load("configs/glue.py:default", [f"--config.train_limit={n}"])
                for t, n in limits.items()}
@@ -257,7 +258,7 @@ def main() -> None:
         for name in tasks:
             # bert-jax: one run of the sweep (reused when already finished).
             config = configs[name]
-            s = glue_sweep.sweep(config, [name], args.model, args.data_dir, workdir,
+            s = sweep.sweep(config, [name], args.model, args.data_dir, workdir,
                                  lrs=[args.lr], seeds=[seed], progress=False)
             jax_runs[name] += s["tasks"][name]["runs"]
             if name not in torch_tasks:
@@ -269,7 +270,7 @@ def main() -> None:
                 if tokenizer is None:
                     from bert_jax.tokenizer import Tokenizer
                     tokenizer = Tokenizer.from_dir(args.model)
-                data = finetune.load_task_data(name, args.data_dir, tokenizer,
+                data = features.load_task_data(name, args.data_dir, tokenizer,
                                                max_length=config.max_seq_length,
                                                train_limit=config.train_limit)
                 result = run_pytorch(config, glue.get_task(name), args.model, data,
@@ -282,10 +283,10 @@ def main() -> None:
     # The bert-jax summaries over all seeds (every run is finished: nothing is retrained).
     # Each task is its own sweep (its own train_limit), and each sweep rewrites the
     # workdir's reports, so the tasks' summaries are merged and the reports written once.
-    summaries = {name: glue_sweep.sweep(configs[name], [name], args.model, args.data_dir,
+    summaries = {name: sweep.sweep(configs[name], [name], args.model, args.data_dir,
                                         workdir, lrs=[args.lr], seeds=seeds, progress=False)
                  for name in tasks}
-    glue_sweep.write_reports(
+    reports.write_reports(
         {**summaries[tasks[-1]], "tasks": {n: s["tasks"][n] for n, s in summaries.items()},
          "train_limits": limits}, workdir)
 

@@ -36,10 +36,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bert_jax import config as config_lib  # noqa: E402
-from bert_jax import hlo_stats, model, optim, sharding  # noqa: E402
-from bert_jax.train import objectives  # noqa: E402
-from bert_jax.train import state as state_lib  # noqa: E402
-from bert_jax.train import step as step_lib  # noqa: E402
+from bert_jax import hlo_stats, optim, sharding  # noqa: E402
+from bert_jax.train import objectives, programs  # noqa: E402
 
 # (mesh, accum_steps)
 MESHES = (((8, 1, 1), 1), ((8, 1, 1), 4), ((1, 8, 1), 1), ((2, 4, 1), 1), ((2, 2, 2), 1),
@@ -85,16 +83,13 @@ def ideal_bytes(cfg: config_lib.BertConfig, mesh_shape, param_bytes: int, batch:
 def measure(cfg: config_lib.BertConfig, mesh_shape, accum_steps: int, batch: int, seq: int,
             preds: int, rules: sharding.Rules = sharding.RULES) -> dict:
     """Compiles the train step on `mesh_shape` and reads what it holds and moves."""
-    module = model.build(cfg, "pretraining")
     tx, schedule = optim.build(optim.default_config(), 1_000_000)
     mesh = sharding.make_mesh(mesh_shape)
-    shardings = state_lib.state_shardings(module, tx, mesh, rules)
-    state = state_lib.abstract_state(module, tx, mesh, rules)
-    step = step_lib.jit_train_step(step_lib.make_train_step(
-        objectives.PreTraining(module), tx, schedule, accum_steps=accum_steps),
-        shardings, mesh, rules)
+    p = programs.build(cfg, "pretraining", objectives.PreTraining, tx, schedule, mesh, rules,
+                       accum_steps=accum_steps)
+    state = p.abstract_state()
     with hlo_stats.captured_stderr() as log:
-        compiled = step.lower(state, abstract_batch(mesh, batch, seq, preds)).compile()
+        compiled = p.train_step.lower(state, abstract_batch(mesh, batch, seq, preds)).compile()
     stats = hlo_stats.summary(hlo_stats.collectives(compiled.as_text()))
     params = hlo_stats.total_bytes(state.params)
     d, f, t = mesh_shape

@@ -25,13 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run(workdir: Path, cache: Path, steps: int) -> float:
+    from bert_jax.runs import RunDir
+
     env = {**os.environ, "BERT_JAX_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     start = time.time()
     subprocess.run([sys.executable, "-m", "bert_jax.cli", "pretrain", "--workdir",
                     str(workdir), "--no-progress", f"--config.train.total_steps={steps}",
                     "--config.train.log_every=1", "--config.optimizer.warmup_steps=1"],
                    cwd=REPO, env=env, check=True, capture_output=True)
-    first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+    first = json.loads(RunDir(workdir).metrics.read_text().splitlines()[0])
     return first["time"] - start
 
 

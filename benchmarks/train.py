@@ -32,10 +32,8 @@ import jax
 import numpy as np
 
 from bert_jax import config as config_lib
-from bert_jax import flops, model, optim, sharding
-from bert_jax.train import objectives
-from bert_jax.train import state as state_lib
-from bert_jax.train import step as step_lib
+from bert_jax import flops, optim, sharding
+from bert_jax.train import objectives, programs
 
 from timing import time_interleaved
 
@@ -59,15 +57,13 @@ def make_batch(cfg, batch, seq_len, predictions, seed=0):
 
 def jax_step(cfg, batch):
     """A no-argument closure running one bert-jax train step to completion."""
-    module = model.build(cfg, "pretraining")
     ocfg = optim.default_config()
     ocfg.warmup_steps = 10
     tx, schedule = optim.build(ocfg, 1000)
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    shardings = state_lib.state_shardings(module, tx, mesh)
-    holder = {"state": state_lib.init_state(module, tx, mesh, seed=0)}
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(objectives.PreTraining(module), tx, schedule), shardings, mesh)
+    p = programs.build(cfg, "pretraining", objectives.PreTraining, tx, schedule, mesh)
+    holder = {"state": p.init_state(seed=0)}
+    train_step = p.train_step
     device_batch = sharding.global_batch(batch, mesh)
 
     def run():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import ml_collections
 
+from bert_jax import runs
 from bert_jax.config import BertConfig, preset
 from bert_jax.errors import UserError
 from bert_jax.paths import as_path, is_local
@@ -167,7 +168,7 @@ def resolve_paths(saved: dict, workdir: str | Path) -> dict:
     return saved
 
 
-def save(cfg: ml_collections.ConfigDict, workdir: str | Path, name: str = "config.json") -> Path:
+def save(cfg: ml_collections.ConfigDict, workdir: str | Path, name: str = runs.CONFIG) -> Path:
     """Writes the resolved config into the run's workdir (what `load_saved` reads back)."""
     from bert_jax import files
 
@@ -181,7 +182,7 @@ def save(cfg: ml_collections.ConfigDict, workdir: str | Path, name: str = "confi
     return path
 
 
-def read_saved(workdir: str | Path, name: str = "config.json") -> dict:
+def read_saved(workdir: str | Path, name: str = runs.CONFIG) -> dict:
     """The saved config of a workdir as a dict, its paths resolved (see PATH_FIELDS)."""
     from bert_jax import files
 
@@ -197,7 +198,7 @@ def read_saved(workdir: str | Path, name: str = "config.json") -> dict:
     return resolve_paths(saved, workdir)
 
 
-def load_saved(workdir: str | Path, name: str = "config.json") -> ml_collections.ConfigDict:
+def load_saved(workdir: str | Path, name: str = runs.CONFIG) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(read_saved(workdir, name))
 
 
@@ -206,11 +207,17 @@ def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dataclasses.asdict(preset(preset_name, **overrides)))
 
 
-def model_config(section: ml_collections.ConfigDict) -> BertConfig:
-    """The BertConfig a config's `model` section describes."""
+def model_config(section: ml_collections.ConfigDict | dict, *, source: str | None = None,
+                 **overrides) -> BertConfig:
+    """The BertConfig a config's `model` section describes (a live config's, or one read
+    back from a run's config.json: `runs.RunDir.model_config`), with `overrides`.
+
+    The one conversion of a config to a BertConfig. `source` names the file in the error."""
+    fields = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section
     try:
-        return BertConfig(**section.to_dict())
+        return BertConfig(**{**fields, **overrides})
     except TypeError as e:
-        raise UserError(f"bad model config: {e}") from None
+        where = f"{source}: " if source else ""
+        raise UserError(f"{where}bad model config: {e}") from None
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{source}: bad model config: {e}" if source else str(e)) from None

@@ -9,12 +9,29 @@ Presets:
            (as in pre-training), lr chosen per task on dev from {5e-5, 4e-5, 3e-5, 2e-5},
            dropout 0.1 on the pooled output; batches padded to length buckets for speed.
   fixed    the same, every batch padded to 128 (the original's fixed shapes).
-Any field can be overridden: --config.batch_size=16 --config.optimizer.name=adamw.
+Any field can be overridden: --config.batch_size=16 --config.optimizer.name=adamw
+--config.model.dtype=bfloat16 --config.mesh.shape=(2,1,4).
+
+`model` and `mesh` are shaped like configs/pretrain.py's: `model` holds the BertConfig
+fields a fine-tuning run sets on the pre-trained model (its numerics and the classifier's
+dropout; the architecture is the pre-trained model's), `mesh` the (data, fsdp, tensor)
+mesh and the logical-axis rules, so fine-tuning shards as pre-training does.
 """
 
 import ml_collections
 
-from bert_jax import optim
+from bert_jax import optim, sharding
+
+# The BertConfig fields fine-tuning sets on the loaded model, with their defaults.
+MODEL_FIELDS = dict(
+    dtype="float32",  # compute dtype; "bfloat16" on accelerators
+    param_dtype="float32",
+    hidden_dropout_prob=0.1,  # dropout on the pooled output (and in the encoder)
+    remat=False,
+    attention="xla",
+    dropout_impl="auto",
+    matmul_impl="auto",
+)
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
@@ -31,8 +48,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     # compilations, much less padding. () pads every batch to max_seq_length.
     c.length_buckets = (32, 64, 128)
     c.train_limit = 0  # > 0: use the first N training examples (e.g. an SST-2 subset)
-    c.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
-    c.dropout = 0.1
+    c.model = ml_collections.ConfigDict(MODEL_FIELDS)
+    c.mesh = ml_collections.ConfigDict(dict(
+        shape=(-1, 1, 1),  # (data, fsdp, tensor), over all devices
+        dcn_shape=(1, 1, 1),  # multi-slice: slices along each axis (configs/pretrain.py)
+        rules=sharding.RULES,  # logical axis name -> mesh axes (bert_jax/sharding.py)
+    ))
     c.optimizer = optim.default_config()
     c.optimizer.warmup_steps = 0  # set from warmup_proportion once the step count is known
     c.log_every = 50

@@ -11,10 +11,8 @@ import sys
 import jax
 import numpy as np
 
-from bert_jax import config, model, optim, sharding
-from bert_jax.train import objectives
-from bert_jax.train import state as state_lib
-from bert_jax.train import step as step_lib
+from bert_jax import config, optim, sharding
+from bert_jax.train import objectives, programs
 
 
 def batch(seed, b=16, length=16, p=4, vocab=128):
@@ -33,20 +31,18 @@ def batch(seed, b=16, length=16, p=4, vocab=128):
 
 def run(mesh_shape, accum_steps=1, steps=3, devices=None, dropout=0.0):
     cfg = config.preset("tiny", hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    module = model.build(cfg, "pretraining")
     ocfg = optim.default_config()
     ocfg.update(dict(lr=1e-3, warmup_steps=1))
     tx, schedule = optim.build(ocfg, 10)
     mesh = sharding.make_mesh(mesh_shape, devices)
-    shardings = state_lib.state_shardings(module, tx, mesh)
-    state = state_lib.init_state(module, tx, mesh, seed=0)
-    step = step_lib.jit_train_step(step_lib.make_train_step(
-        objectives.PreTraining(module), tx, schedule, accum_steps=accum_steps), shardings, mesh)
+    p = programs.build(cfg, "pretraining", objectives.PreTraining, tx, schedule, mesh,
+                       accum_steps=accum_steps)
+    state = p.init_state(seed=0)
     losses = []
     for i in range(steps):
-        state, metrics = step(state, sharding.global_batch(batch(i), mesh))
+        state, metrics = p.train_step(state, sharding.global_batch(batch(i), mesh))
         losses.append(float(metrics["loss"]))
-    sharded = sorted({str(s.spec) for s in jax.tree.leaves(shardings.params)
+    sharded = sorted({str(s.spec) for s in jax.tree.leaves(p.state_shardings.params)
                       if not s.is_fully_replicated})
     return state, losses, sharded
 

@@ -92,7 +92,8 @@ def test_demo_data_rewrites_a_text_file_a_kill_cut_short(tmp_path):
     config = configlib.load("configs/pretrain.py:demo", ["--config.data.demo_dupe_factor=1",
                                                           "--config.data.demo_max_seq_length=32",
                                                           "--config.data.demo_max_predictions=5"])
-    prepare_demo_data(config, tmp_path)
+    given = config.to_json()
+    paths = prepare_demo_data(config, tmp_path)
     data = tmp_path / "data"
     train = (data / "demo_train.txt").read_bytes()
     vocab = (data / "vocab" / "vocab.txt").read_bytes()
@@ -100,5 +101,7 @@ def test_demo_data_rewrites_a_text_file_a_kill_cut_short(tmp_path):
     prepare_demo_data(config, tmp_path)
     assert (data / "demo_train.txt").read_bytes() == train
     assert (data / "vocab" / "vocab.txt").read_bytes() == vocab
-    assert config.data.vocab == str(data / "vocab" / "vocab.txt")
+    assert paths == {"train": str(data / "train"), "eval": str(data / "eval"),
+                     "vocab": str(data / "vocab" / "vocab.txt")}
+    assert config.to_json() == given  # the config it was given is not written into
     assert not [p for p in data.rglob(".tmp-*")]

@@ -25,9 +25,10 @@ from conftest import require
 from bert_jax import cli, weights
 from bert_jax import model as model_lib
 from bert_jax.config import preset
-from bert_jax.data import glue
+from bert_jax.errors import UserError
+from bert_jax.glue import classifier, features, tasks
+from bert_jax.glue import sweep as glue_sweep
 from bert_jax.tokenizer import Tokenizer
-from bert_jax.train import finetune, glue_sweep
 from bert_jax.train.writer import read_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
@@ -44,8 +45,8 @@ def tiny_model(tmp_path_factory) -> Path:
     cfg = preset("tiny", num_hidden_layers=1)  # one layer: less to compile
     words = sorted({w.lower().strip('.?,"') for task in ("MNLI", "QQP")
                     for split in ("train", "dev", "dev_matched")
-                    if glue.has_split(task, FIXTURES, split)
-                    for e in glue.read_split(task, FIXTURES, split)
+                    if tasks.has_split(task, FIXTURES, split)
+                    for e in tasks.read_split(task, FIXTURES, split)
                     for w in f"{e.text_a} {e.text_b}".split()} - {""})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", *words]
     vocab = vocab[:cfg.vocab_size]
@@ -133,10 +134,10 @@ def test_submission_files_from_the_best_run(sweep):
         lines = (workdir / "submission" / name).read_text().splitlines()
         assert lines[0] == "index\tprediction"
         index = [line.split("\t")[0] for line in lines[1:]]
-        assert index == [e.guid for e in glue.read_split(task, FIXTURES, split)]
+        assert index == [e.guid for e in tasks.read_split(task, FIXTURES, split)]
         entry = next(e for e in best if (e["task"], e["split"]) == (task, split))
         assert [line.split("\t")[1] for line in lines[1:]] == [
-            glue.NLI[p] for p in entry["prediction"]]
+            tasks.NLI[p] for p in entry["prediction"]]
     with zipfile.ZipFile(workdir / "submission.zip") as zf:
         assert sorted(zf.namelist()) == sorted(files)
 
@@ -148,7 +149,7 @@ def test_rerun_redoes_only_the_unfinished_run(sweep, caplog):
     redo = runs[1]
     (redo / "results.json").unlink()  # as if the sweep had been killed during this run
     before = {d: (d / "results.json").stat().st_mtime_ns for d in runs if d != redo}
-    caplog.set_level("INFO", logger="bert_jax.train.glue_sweep")
+    caplog.set_level("INFO", logger="bert_jax.glue.sweep")
     code, out, err = run_cli(*sweep["args"])
     assert code == 0, err
     assert {d: (d / "results.json").stat().st_mtime_ns for d in before} == before
@@ -160,13 +161,16 @@ def test_rerun_redoes_only_the_unfinished_run(sweep, caplog):
     # Another recipe in the same workdir is refused, naming the field.
     code, _, err = run_cli(*sweep["args"], "--config.epochs=2.0")
     assert code == 2 and "was run with epochs=1.0" in err and "Traceback" not in err
+    # The model section is part of the recipe too (the run saved its whole model config).
+    code, _, err = run_cli(*sweep["args"], "--config.model.hidden_dropout_prob=0.2")
+    assert code == 2 and "was run with model.hidden_dropout_prob=0.1" in err
 
 
 # ---- the fine-tuned model: export and predict -------------------------------------------
 
 def _hf_inputs(tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-    examples = [glue.Example(str(i), a, b, None) for i, (a, b) in enumerate(pairs)]
-    return glue.featurize(examples, tokenizer, max_length=32)
+    examples = [tasks.Example(str(i), a, b, None) for i, (a, b) in enumerate(pairs)]
+    return features.featurize(examples, tokenizer, max_length=32)
 
 
 PAIRS = [("The lighthouse keeper painted the door blue.", "The door is blue now."),
@@ -181,19 +185,19 @@ def test_export_loads_in_transformers_with_the_same_logits(sweep):
     hf, info = transformers.BertForSequenceClassification.from_pretrained(
         export, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert hf.config.id2label == dict(enumerate(glue.NLI))
-    task, ours = finetune.load_classifier(export)
+    assert hf.config.id2label == dict(enumerate(tasks.NLI))
+    task, ours = classifier.load_classifier(export)
     assert task.name == "MNLI"
-    features = _hf_inputs(ours.tokenizer, PAIRS)
-    logits = finetune.classify(ours, features, batch_size=4, buckets=())
+    inputs = _hf_inputs(ours.tokenizer, PAIRS)
+    logits = classifier.classify(ours, inputs, batch_size=4, buckets=())
     with torch.no_grad():
-        theirs = hf.eval()(**{k: torch.from_numpy(features[k].astype(np.int64))
-                              for k in finetune.FEATURE_KEYS}).logits.numpy()
+        theirs = hf.eval()(**{k: torch.from_numpy(inputs[k].astype(np.int64))
+                              for k in features.FEATURE_KEYS}).logits.numpy()
     np.testing.assert_allclose(logits, theirs, atol=1e-5)
     # The run directory it came from is the same model.
-    _, run = finetune.load_classifier(
+    _, run = classifier.load_classifier(
         sweep["workdir"] / sweep["summary"]["tasks"]["MNLI"]["best_run"])
-    np.testing.assert_allclose(finetune.classify(run, features, batch_size=4, buckets=()),
+    np.testing.assert_allclose(classifier.classify(run, inputs, batch_size=4, buckets=()),
                                logits, atol=1e-6)
 
 
@@ -206,14 +210,14 @@ def test_predict_json_and_table(sweep, tmp_path):
     assert code == 0, err
     got = json.loads(out)
     hf = transformers.BertForSequenceClassification.from_pretrained(export).eval()
-    _, ours = finetune.load_classifier(export)
-    features = _hf_inputs(ours.tokenizer, PAIRS[:1])
+    _, ours = classifier.load_classifier(export)
+    inputs = _hf_inputs(ours.tokenizer, PAIRS[:1])
     with torch.no_grad():
-        probs = hf(**{k: torch.from_numpy(features[k].astype(np.int64))
-                      for k in finetune.FEATURE_KEYS}).logits.softmax(-1).numpy()[0]
-    assert list(got["probabilities"]) == list(glue.NLI)
+        probs = hf(**{k: torch.from_numpy(inputs[k].astype(np.int64))
+                      for k in features.FEATURE_KEYS}).logits.softmax(-1).numpy()[0]
+    assert list(got["probabilities"]) == list(tasks.NLI)
     np.testing.assert_allclose(list(got["probabilities"].values()), probs, atol=1e-5)
-    assert got["label"] == glue.NLI[int(probs.argmax())]
+    assert got["label"] == tasks.NLI[int(probs.argmax())]
 
     # A run directory as the model, pairs from a TSV file, the table.
     (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in PAIRS))
@@ -280,6 +284,27 @@ def test_bad_arguments_are_one_line_errors(tmp_path, flag, value, message):
     assert err.startswith("error: ") and message in err
 
 
+def test_sweep_does_not_write_into_the_config_it_was_given(tmp_path):
+    from bert_jax import configlib
+
+    config = configlib.load("configs/glue.py:default")
+    given = config.to_json()
+    with pytest.raises(UserError, match="RTE train file not found"):  # before any model loads
+        glue_sweep.sweep(config, ["RTE"], "some-model", tmp_path, tmp_path / "w",
+                         export=tmp_path / "export")
+    assert config.to_json() == given
+
+
+def test_finetuning_lays_out_its_run_on_the_configs_mesh(tiny_model, tmp_path):
+    """Fine-tuning builds the mesh of its config's mesh section (as pre-training does),
+    no longer a pinned (-1, 1, 1): one that the devices cannot fill is refused."""
+    n = jax.device_count()
+    code, out, err = run_cli(*glue_args(tiny_model, FIXTURES, tmp_path / "w",
+                                        f"--config.mesh.shape=({n + 1},1,1)"))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"mesh shape ({n + 1}, 1, 1) needs {n + 1} devices" in err
+
+
 @pytest.mark.slow
 def test_predict_errors(sweep, tiny_model, tmp_path):
     export = sweep["export"] / "MNLI"
@@ -303,7 +328,7 @@ def test_predict_errors(sweep, tiny_model, tmp_path):
 
 
 def test_parse_helpers():
-    assert glue_sweep.parse_tasks("all") == list(glue.GLUE_TASKS)
+    assert glue_sweep.parse_tasks("all") == list(tasks.GLUE_TASKS)
     assert glue_sweep.parse_tasks("rte, sst2,RTE") == ["RTE", "SST-2"]
     assert glue_sweep.parse_lrs("2e-5,3e-5,2e-5") == (2e-5, 3e-5)
     assert glue_sweep.run_dir("w", "sst2", 2e-5, 3) == Path("w/SST-2/lr2e-05_seed3")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import require, shared_file
 
-from bert_jax.data import glue, glue_hf
 from bert_jax.errors import UserError
+from bert_jax.glue import features, tasks
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 
@@ -67,7 +67,7 @@ def _csv_rows(path: Path) -> list[list[str]]:
 @pytest.mark.parametrize(("task", "split"), sorted(PUBLISHED_ROWS))
 def test_every_row_of_the_real_files(task: str, split: str):
     data_dir = _glue_dir(task, split)
-    examples = glue.read_split(task, data_dir, split)
+    examples = tasks.read_split(task, data_dir, split)
     assert len(examples) == PUBLISHED_ROWS[task, split]
 
     labelled = split != "test"
@@ -77,7 +77,7 @@ def test_every_row_of_the_real_files(task: str, split: str):
     rows = rows[1:] if header else rows
     assert [e.text_a for e in examples] == [r[col_a] for r in rows]
     assert [e.text_b for e in examples] == [None if col_b is None else r[col_b] for r in rows]
-    spec = glue.get_task(task)
+    spec = tasks.get_task(task)
     if not labelled:
         assert all(e.label is None for e in examples)
         assert [e.guid for e in examples] == [r[0] for r in rows]  # the server's index
@@ -90,13 +90,13 @@ def test_every_row_of_the_real_files(task: str, split: str):
 
 @pytest.mark.parametrize(("task", "split"), sorted(PUBLISHED_LABELS))
 def test_label_balance_matches_the_published_one(task: str, split: str):
-    examples = glue.read_split(task, _glue_dir(task, split), split)
-    labels = glue.get_task(task).labels
+    examples = tasks.read_split(task, _glue_dir(task, split), split)
+    labels = tasks.get_task(task).labels
     assert collections.Counter(labels[e.label] for e in examples) == PUBLISHED_LABELS[task, split]
 
 
 def test_bom_and_bare_quotes_are_kept_as_text():
-    dev = glue.read_split("MRPC", _glue_dir("MRPC", "dev"), "dev")
+    dev = tasks.read_split("MRPC", _glue_dir("MRPC", "dev"), "dev")
     # The file starts with a BOM and a header; the first example's second sentence opens
     # with a bare quote that never closes (a csv reader with quoting on joins rows there).
     assert dev[0].text_a.startswith("He said the foodservice pie business")
@@ -105,9 +105,9 @@ def test_bom_and_bare_quotes_are_kept_as_text():
 
 
 def test_stsb_is_regression():
-    train = glue.read_split("STS-B", _glue_dir("STS-B", "train"), "train")
+    train = tasks.read_split("STS-B", _glue_dir("STS-B", "train"), "train")
     scores = np.array([e.label for e in train])
-    assert glue.get_task("stsb").labels is None and glue.get_task("sts-b").num_labels == 1
+    assert tasks.get_task("stsb").labels is None and tasks.get_task("sts-b").num_labels == 1
     assert scores.min() == 0.0 and scores.max() == 5.0
     assert isinstance(train[0].label, float)
 
@@ -115,62 +115,62 @@ def test_stsb_is_regression():
 # ---- MNLI, QQP, AX on the fixtures -------------------------------------------------------
 
 def test_mnli_fixture():
-    task = glue.get_task("mnli")
+    task = tasks.get_task("mnli")
     assert task.dev_splits == ("dev_matched", "dev_mismatched")
     assert task.labels == ("contradiction", "entailment", "neutral")
-    train = glue.read_split(task, FIXTURES, "train")
+    train = tasks.read_split(task, FIXTURES, "train")
     assert len(train) == 6
-    assert train[1] == glue.Example("1", "Nobody in the village owned a bicycle.",
+    assert train[1] == tasks.Example("1", "Nobody in the village owned a bicycle.",
                                     "Three villagers rode bicycles to work.", 0)
     assert [task.labels[e.label] for e in train] == [
         "entailment", "contradiction", "neutral", "entailment", "contradiction", "neutral"]
     assert train[2].text_a == 'She called the plan "bold" in her memo.'
 
-    matched = glue.read_split(task, FIXTURES, "dev_matched")
+    matched = tasks.read_split(task, FIXTURES, "dev_matched")
     # Row 3's annotator label1 says neutral; the gold label (last column) is entailment.
     assert [task.labels[e.label] for e in matched] == [
         "entailment", "contradiction", "neutral", "entailment"]
-    mismatched = glue.read_split(task, FIXTURES, "dev_mismatched")
+    mismatched = tasks.read_split(task, FIXTURES, "dev_mismatched")
     assert [task.labels[e.label] for e in mismatched] == [
         "contradiction", "neutral", "entailment"]
     assert mismatched[2].text_a == 'The sign read "closed" all week.'
 
-    test_m = glue.read_split(task, FIXTURES, "test_matched")
-    test_mm = glue.read_split(task, FIXTURES, "test_mismatched")
+    test_m = tasks.read_split(task, FIXTURES, "test_matched")
+    test_mm = tasks.read_split(task, FIXTURES, "test_mismatched")
     assert [e.guid for e in test_m] == ["0", "1", "2"] and len(test_mm) == 2
     assert test_m[0].text_b == "The door is blue now." and test_m[0].label is None
 
 
 def test_qqp_fixture():
-    task = glue.get_task("QQP")
-    train = glue.read_split(task, FIXTURES, "train")
+    task = tasks.get_task("QQP")
+    train = tasks.read_split(task, FIXTURES, "train")
     assert [e.label for e in train] == [1, 0, 1, 0, 1]
     assert train[2].text_a == 'What does "tabula rasa" mean?'
-    dev = glue.read_split(task, FIXTURES, "dev")
+    dev = tasks.read_split(task, FIXTURES, "dev")
     assert [e.guid for e in dev] == ["100", "101", "102"]
-    test = glue.read_split(task, FIXTURES, "test")
-    assert test[0] == glue.Example("0", "Why is the sky blue?", "How far away is the moon?", None)
+    test = tasks.read_split(task, FIXTURES, "test")
+    assert test[0] == tasks.Example("0", "Why is the sky blue?", "How far away is the moon?", None)
     assert len(test) == 4
 
 
 def test_ax_fixture_in_both_layouts(tmp_path):
-    ax = glue.read_split("diagnostic", FIXTURES, "test")
+    ax = tasks.read_split("diagnostic", FIXTURES, "test")
     assert len(ax) == 4 and ax[1].text_b == "Three villagers rode bicycles to work."
-    assert glue.get_task("AX").labels == glue.get_task("MNLI").labels
+    assert tasks.get_task("AX").labels == tasks.get_task("MNLI").labels
     (tmp_path / "AX").mkdir()
     shutil.copy(FIXTURES / "diagnostic" / "diagnostic.tsv", tmp_path / "AX" / "test.tsv")
-    assert glue.read_split("ax", tmp_path, "test") == ax
+    assert tasks.read_split("ax", tmp_path, "test") == ax
 
 
 def test_registry():
-    assert glue.GLUE_TASKS == ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI",
+    assert tasks.GLUE_TASKS == ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI",
                                "RTE", "WNLI")
     for name, want in [("sst2", "SST-2"), ("Sst-2", "SST-2"), ("sts-b", "STS-B"),
                        ("STSB", "STS-B"), ("mnli", "MNLI"), ("co_la", "CoLA"), ("AX", "AX")]:
-        assert glue.get_task(name).name == want
-    assert glue.get_task("qnli").labels == ("entailment", "not_entailment")
-    assert glue.get_task("wnli").labels == ("0", "1")
-    names = [n for t in glue.TASKS.values() for n in t.submission.values()]
+        assert tasks.get_task(name).name == want
+    assert tasks.get_task("qnli").labels == ("entailment", "not_entailment")
+    assert tasks.get_task("wnli").labels == ("0", "1")
+    names = [n for t in tasks.TASKS.values() for n in t.submission.values()]
     assert names == ["CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv",
                      "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"]
 
@@ -184,8 +184,8 @@ def test_featurize_matches_transformers():
     vocab = shared_file("vocab", "bert-base-cased", "vocab.txt")
     tok = Tokenizer.from_vocab(vocab)
     reference = transformers.BertTokenizer(str(vocab), do_lower_case=False)
-    rte = glue.read_split("RTE", _glue_dir("RTE", "dev"), "dev")[:8]
-    out = glue.featurize(rte, tok, max_length=256)
+    rte = tasks.read_split("RTE", _glue_dir("RTE", "dev"), "dev")[:8]
+    out = features.featurize(rte, tok, max_length=256)
     assert set(out) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert all(v.dtype == np.int32 for v in out.values())
     assert out["input_ids"].shape == (8, 256)
@@ -198,11 +198,11 @@ def test_featurize_matches_transformers():
         assert out["attention_mask"][i].sum() == n and not out["input_ids"][i, n:].any()
     np.testing.assert_array_equal(out["labels"], [e.label for e in rte])
 
-    long = glue.featurize(rte, tok, max_length=16)  # truncated pairs end with [SEP]
+    long = features.featurize(rte, tok, max_length=16)  # truncated pairs end with [SEP]
     assert long["input_ids"].shape == (8, 16) and (long["input_ids"][:, -1] == 102).all()
-    stsb = glue.featurize(glue.read_split("STS-B", _glue_dir("STS-B", "dev"), "dev")[:4], tok)
+    stsb = features.featurize(tasks.read_split("STS-B", _glue_dir("STS-B", "dev"), "dev")[:4], tok)
     assert stsb["labels"].dtype == np.float32
-    cola_test = glue.featurize(glue.read_split("CoLA", _glue_dir("CoLA", "test"), "test")[:4],
+    cola_test = features.featurize(tasks.read_split("CoLA", _glue_dir("CoLA", "test"), "test")[:4],
                                tok, max_length=32)
     assert "labels" not in cola_test and not cola_test["token_type_ids"].any()
 
@@ -211,10 +211,10 @@ def test_crlf_and_headerless_copies_read_the_same(tmp_path):
     _write(tmp_path / "RTE" / "dev.tsv",
            "index\tsentence1\tsentence2\tlabel\r\n0\tA cat sat.\tA cat\rsat.\tentailment\r\n")
     _write(tmp_path / "WNLI" / "dev.tsv", "7\tIt rained.\tIt was wet.\t1")  # no header, no EOL
-    assert glue.read_split("RTE", tmp_path, "dev") == [
-        glue.Example("0", "A cat sat.", "A cat\rsat.", 0)]  # a stray CR inside a field stays
-    assert glue.read_split("WNLI", tmp_path, "dev") == [
-        glue.Example("7", "It rained.", "It was wet.", 1)]
+    assert tasks.read_split("RTE", tmp_path, "dev") == [
+        tasks.Example("0", "A cat sat.", "A cat\rsat.", 0)]  # a stray CR inside a field stays
+    assert tasks.read_split("WNLI", tmp_path, "dev") == [
+        tasks.Example("7", "It rained.", "It was wet.", 1)]
 
 
 # ---- bad input ---------------------------------------------------------------------------
@@ -229,55 +229,55 @@ def test_wrong_column_count_names_file_and_line(tmp_path):
     path = _write(tmp_path / "RTE" / "dev.tsv",
                   "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\n")
     with pytest.raises(UserError, match=rf"{path}:3: expected 4 tab-separated columns.*found 3"):
-        glue.read_split("RTE", tmp_path, "dev")
+        tasks.read_split("RTE", tmp_path, "dev")
 
 
 def test_mnli_train_file_given_as_dev_is_refused(tmp_path):
     (tmp_path / "MNLI").mkdir()
     shutil.copy(FIXTURES / "MNLI" / "train.tsv", tmp_path / "MNLI" / "dev_matched.tsv")
     with pytest.raises(UserError, match=r"dev_matched.tsv:1: expected 16 .* found 12"):
-        glue.read_split("MNLI", tmp_path, "dev_matched")
+        tasks.read_split("MNLI", tmp_path, "dev_matched")
 
 
 def test_unknown_label_lists_the_allowed_ones(tmp_path):
     _write(tmp_path / "CoLA" / "train.tsv", "gj04\t1\t\tGood.\ngj04\tyes\t*\tBad.\n")
     with pytest.raises(UserError, match=r"train.tsv:2: unknown CoLA label 'yes'; allowed: 0, 1"):
-        glue.read_split("CoLA", tmp_path, "train")
+        tasks.read_split("CoLA", tmp_path, "train")
     _write(tmp_path / "STS-B" / "dev.tsv", "\t".join(["0"] * 7 + ["a", "b", "high"]) + "\n")
     with pytest.raises(UserError, match=r"dev.tsv:1: STS-B score 'high' is not a number"):
-        glue.read_split("STS-B", tmp_path, "dev")
+        tasks.read_split("STS-B", tmp_path, "dev")
 
 
 def test_missing_split_names_the_expected_path(tmp_path):
     with pytest.raises(UserError, match=rf"expected {tmp_path / 'QNLI' / 'train.tsv'}"):
-        glue.read_split("QNLI", tmp_path, "train")
-    assert not glue.has_split("QNLI", tmp_path, "train")
+        tasks.read_split("QNLI", tmp_path, "train")
+    assert not tasks.has_split("QNLI", tmp_path, "train")
     with pytest.raises(UserError, match="MNLI has no split 'dev'.*dev_matched"):
-        glue.read_split("MNLI", tmp_path, "dev")
+        tasks.read_split("MNLI", tmp_path, "dev")
 
 
 def test_unknown_task_lists_the_tasks():
     with pytest.raises(UserError, match="unknown GLUE task 'SST-3'.*CoLA, SST-2, MRPC"):
-        glue.get_task("SST-3")
+        tasks.get_task("SST-3")
 
 
 @pytest.mark.parametrize("text", ["", "\n", "sentence\tlabel\n"])
 def test_empty_file(tmp_path, text):
     path = _write(tmp_path / "SST-2" / "dev.tsv", text)
     with pytest.raises(UserError, match=rf"{path} is empty"):
-        glue.read_split("SST-2", tmp_path, "dev")
+        tasks.read_split("SST-2", tmp_path, "dev")
 
 
 def test_test_file_with_an_unexpected_header(tmp_path):
     _write(tmp_path / "RTE" / "test.tsv", "idx\tpremise\thypothesis\n0\ta\tb\n")
     with pytest.raises(UserError, match=r"test.tsv:1: index 'idx' is not a non-negative"):
-        glue.read_split("RTE", tmp_path, "test")
+        tasks.read_split("RTE", tmp_path, "test")
 
 
 def test_hf_loader_without_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(UserError, match="pip install datasets"):
-        glue_hf.load_hf_dataset("RTE", "dev")
+        tasks.load_hf_dataset("RTE", "dev")
 
 
 def test_hf_loader_maps_splits_and_label_names(monkeypatch):
@@ -294,9 +294,9 @@ def test_hf_loader_maps_splits_and_label_names(monkeypatch):
                             for i, lab in enumerate([0, 1, 2, -1])])
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    examples = glue_hf.load_hf_dataset("mnli", "dev_mismatched")
+    examples = tasks.load_hf_dataset("mnli", "dev_mismatched")
     assert calls == [("glue", "mnli", "validation_mismatched")]
-    labels = glue.get_task("MNLI").labels
+    labels = tasks.get_task("MNLI").labels
     assert [None if e.label is None else labels[e.label] for e in examples] == [
         "entailment", "neutral", "contradiction", None]
-    assert examples[0] == glue.Example("0", "p", "h", 1)
+    assert examples[0] == tasks.Example("0", "p", "h", 1)

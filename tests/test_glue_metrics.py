@@ -12,9 +12,9 @@ from conftest import shared_file
 from scipy import stats
 from sklearn import metrics as skm
 
-from bert_jax import glue_metrics
-from bert_jax.data import glue
 from bert_jax.errors import UserError
+from bert_jax.glue import metrics as glue_metrics
+from bert_jax.glue import tasks
 
 # 3 true positives, 1 false negative, 1 false positive, 2 true negatives.
 LABELS = [1, 1, 1, 1, 0, 0, 0]
@@ -75,11 +75,11 @@ def test_mnli_names_matched_and_mismatched():
 def test_majority_baselines_on_real_dev_sets():
     """The majority-class baselines published with GLUE: MRPC 81.2 F1 / 68.4 acc, WNLI 56.3."""
     glue_dir = shared_file("glue", "MRPC", "dev.tsv").parent.parent
-    mrpc = [e.label for e in glue.read_split("MRPC", glue_dir, "dev")]
+    mrpc = [e.label for e in tasks.read_split("MRPC", glue_dir, "dev")]
     got = glue_metrics.compute("MRPC", np.ones(len(mrpc), int), mrpc)
     assert round(got["f1"], 1) == 81.2 and round(got["accuracy"], 1) == 68.4
     shared_file("glue", "WNLI", "dev.tsv")
-    wnli = [e.label for e in glue.read_split("WNLI", glue_dir, "dev")]
+    wnli = [e.label for e in tasks.read_split("WNLI", glue_dir, "dev")]
     assert round(glue_metrics.compute("WNLI", np.zeros(len(wnli), int), wnli)["accuracy"],
                  2) == 56.34
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
-from bert_jax import glue_submission
-from bert_jax.data import glue
 from bert_jax.errors import UserError
+from bert_jax.glue import submission as glue_submission
+from bert_jax.glue import tasks
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 
@@ -31,7 +31,7 @@ def _read(path: Path) -> list[list[str]]:
         return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def _predict(task: glue.TaskSpec, n: int) -> np.ndarray:
+def _predict(task: tasks.TaskSpec, n: int) -> np.ndarray:
     """Stand-in predictions that use every label (cycling) or span past [0, 5]."""
     if task.is_regression:
         return np.linspace(-1.0, 6.0, n)
@@ -42,11 +42,11 @@ def test_a_full_submission(tmp_path):
     out = tmp_path / "submission"
     real = shared_file("glue", "CoLA", "test.tsv").parent.parent
     written = {}
-    for name in glue.GLUE_TASKS + ("AX",):
-        task = glue.get_task(name)
+    for name in tasks.GLUE_TASKS + ("AX",):
+        task = tasks.get_task(name)
         for split in task.test_splits:
             data_dir = FIXTURES if name in ("MNLI", "QQP", "AX") else real
-            examples = glue.read_split(task, data_dir, split)
+            examples = tasks.read_split(task, data_dir, split)
             # AX is predicted by the MNLI model: MNLI label indices, AX's file.
             preds = _predict(task, len(examples))
             path = glue_submission.write_predictions(

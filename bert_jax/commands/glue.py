@@ -71,26 +71,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_glue(args: argparse.Namespace) -> int:
     from bert_jax import configlib, files, runtime
-    from bert_jax.train import glue_sweep
+    from bert_jax.glue import reports, sweep
 
     # Everything the command line says is checked before a model is loaded.
-    tasks = glue_sweep.parse_tasks(args.task)
-    lrs = glue_sweep.parse_lrs(args.lrs) if args.lrs is not None else None
-    seeds = glue_sweep.parse_seeds(args.seeds) if args.seeds is not None else None
+    tasks = sweep.parse_tasks(args.task)
+    lrs = sweep.parse_lrs(args.lrs) if args.lrs is not None else None
+    seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
     if not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a directory (expected the GLUE "
                         "layout: CoLA/, SST-2/, ...)")
     files.check_writable_dir(args.workdir, "--workdir", create=False)
     config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
-    glue_sweep.check_config(config)
+    sweep.check_config(config)
     runtime.enable_compilation_cache()
-    summary = glue_sweep.sweep(config, tasks, args.model, args.data_dir, args.workdir, lrs=lrs,
+    summary = sweep.sweep(config, tasks, args.model, args.data_dir, args.workdir, lrs=lrs,
                                seeds=seeds, predict_test=args.predict_test, export=args.export,
                                progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
-        print(glue_sweep.markdown(summary), end="")
+        print(reports.markdown(summary), end="")
     return 0
 
 
@@ -124,20 +124,21 @@ def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from bert_jax import runtime
-    from bert_jax.data import glue
-    from bert_jax.train import finetune
+    from bert_jax.glue import classifier
+    from bert_jax.glue.features import featurize
+    from bert_jax.glue.tasks import Example
 
     if args.max_length < 3:  # before the model loads
         raise UserError(f"--max-length {args.max_length}: must be at least 3 ([CLS] x [SEP])")
     runtime.enable_compilation_cache()
-    task, model = finetune.load_classifier(args.model, args.task)
+    task, model = classifier.load_classifier(args.model, args.task)
     paired = next(iter(task.layouts.values())).text_b is not None
     examples = read_examples(args, paired)
-    rows = [glue.Example(str(i), a, b, None) for i, (a, b) in enumerate(examples)]
-    features = glue.featurize(rows, model.tokenizer, max_length=args.max_length)
-    logits = finetune.classify(model, features)
+    rows = [Example(str(i), a, b, None) for i, (a, b) in enumerate(examples)]
+    features = featurize(rows, model.tokenizer, max_length=args.max_length)
+    logits = classifier.classify(model, features)
     if task.is_regression:
-        scores = finetune.to_predictions(task, logits)
+        scores = classifier.to_predictions(task, logits)
         probs = None
     else:
         z = logits - logits.max(-1, keepdims=True)

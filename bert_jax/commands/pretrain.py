@@ -83,11 +83,12 @@ def run_pretrain(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from bert_jax import checkpoint, configlib, heads, weights
     from bert_jax.errors import UserError
-    from bert_jax.paths import as_path
+    from bert_jax.runs import RunDir
     from bert_jax.tokenizer import Tokenizer
 
+    run = RunDir(args.workdir)
     config = configlib.load_saved(args.workdir)
-    if "data" not in config or not (as_path(args.workdir) / "checkpoints").is_dir():
+    if "data" not in config or not run.has_checkpoints():
         raise UserError(f"--workdir {args.workdir} is not a `bert-jax pretrain` workdir (it "
                         "needs config.json and checkpoints/); to convert a model directory "
                         "use `bert-jax convert`")
@@ -95,9 +96,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"{args.workdir}/config.json names no data.vocab to export beside "
                         "the weights; set --config.data.vocab when pre-training")
     tokenizer = Tokenizer.from_vocab(config.data.vocab)
-    model_config = configlib.model_config(config.model)
+    model_config = run.model_config(config.to_dict())
     weights.check_vocab_rows(tokenizer.vocab_size, model_config.vocab_size, config.data.vocab)
-    ckpt_dir = as_path(args.workdir) / "checkpoints"
+    ckpt_dir = run.checkpoints
     params, step = checkpoint.restore_params(ckpt_dir, args.step)
     head = heads.objective(heads.config_objective(config)).head
     # Through the loader's checks: a config.json edited since the run (or from another

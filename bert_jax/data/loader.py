@@ -41,6 +41,7 @@ import numpy as np
 
 from bert_jax.data import instances, shards
 from bert_jax.data import masking as masking_lib
+from bert_jax.data.padding import pad_rows
 from bert_jax.data.rng import derive_key, hash_bits
 from bert_jax.errors import UserError
 
@@ -231,9 +232,9 @@ class PretrainingLoader:
     def batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
         """Batch `position` of `epoch` for this host (a pure function of its arguments)."""
         idx = self.example_indices(epoch, position)
-        real = idx >= 0
-        fill = idx[real][0] if real.any() else 0  # padding rows copy a real example
-        rows = self._gather(np.where(real, idx, fill))
+        filled, example_weight = pad_rows(idx, len(idx))  # padding rows copy a real example
+        real = example_weight > 0
+        rows = self._gather(filled)
         L = rows["input_ids"].shape[1]
         pos = np.arange(L)[None, :]
         length = rows["lengths"].astype(np.int32)[:, None]
@@ -266,7 +267,7 @@ class PretrainingLoader:
             "next_sentence_label": rows["next_sentence_labels"].astype(np.int32),
         }
         if not self.drop_remainder:
-            batch["example_weight"] = real.astype(np.float32)
+            batch["example_weight"] = example_weight
         return batch
 
     def _arrays(self, s: int) -> dict[str, np.ndarray]:

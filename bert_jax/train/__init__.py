@@ -1,1 +1,2 @@
-"""Training: the train state, the one train-step builder, objectives, and the loops."""
+"""Training: the train state, the one train-step builder and program factory, objectives,
+and the pre-training loop (GLUE fine-tuning is bert_jax.glue)."""

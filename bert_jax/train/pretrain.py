@@ -36,11 +36,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bert_jax import checkpoint, configlib, files, flops, heads, optim, runtime, sharding
-from bert_jax import model as model_lib
 from bert_jax.data.prefetch import Prefetcher
 from bert_jax.errors import Stopped, UserError
 from bert_jax.paths import as_path, is_local
-from bert_jax.train import state as state_lib
+from bert_jax.runs import RunDir
+from bert_jax.train import programs as programs_lib
 from bert_jax.train import step as step_lib
 from bert_jax.train.profile import ProfileWindow, parse_window
 from bert_jax.train.stopping import StopRequest
@@ -105,8 +105,11 @@ def plan_phases(config: ml_collections.ConfigDict) -> list[Phase]:
 
 # ---- data -------------------------------------------------------------------------------
 
-def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Builds the demo vocab and data under <workdir>/data (once; a rerun reuses them)."""
+def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
+    """Builds the demo vocab and data under <workdir>/data (once; a rerun reuses them).
+
+    Returns the `data` fields that point at them (train, eval, vocab); `config` is read,
+    never written."""
     from bert_jax import data
     from bert_jax.tokenizer import Tokenizer
 
@@ -141,8 +144,8 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("demo data ready")
-    d.train, d.eval = str(root / "train"), str(root / "eval")
-    d.vocab = str(root / "vocab" / "vocab.txt")
+    return {"train": str(root / "train"), "eval": str(root / "eval"),
+            "vocab": str(root / "vocab" / "vocab.txt")}
 
 
 def make_loader(config: ml_collections.ConfigDict, directory: str, batch_size: int, *,
@@ -228,19 +231,18 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
         if not local:
             raise UserError(f"the demo builds its vocab and data with local tools: use a local "
                             f"--workdir, not {workdir}")
-        prepare_demo_data(config, Path(workdir))
+        # The run's config (saved, and read from here on) names the data it built; the
+        # caller's config is left as it was given.
+        config = config.copy_and_resolve_references()
+        config.data.update(prepare_demo_data(config, Path(workdir)))
     phases = plan_phases(config)
     total = int(t.total_steps)
 
     mcfg = configlib.model_config(config.model)
     spec = heads.objective(heads.config_objective(config))
     head = spec.head
-    module = model_lib.build(mcfg, head)
-    objective = spec.make(module)
-    optimizer, schedule = optim.build(config.optimizer, total)
-    mesh = sharding.make_mesh(tuple(config.mesh.shape), dcn_shape=tuple(config.mesh.dcn_shape))
+    mesh, rules = programs_lib.mesh_from_config(config.mesh)
     sharding.check_host_batches(mesh)
-    rules = sharding.config_rules(config.mesh)
     for phase in phases:
         sharding.check_batch(phase.batch_size, mesh)
         if phase.batch_size % (int(t.accum_steps) * sharding.data_parallel_size(mesh)):
@@ -250,24 +252,22 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     if jax.process_index() == 0:
         configlib.save(config, workdir)
 
-    shardings = state_lib.state_shardings(module, optimizer, mesh, rules)
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=int(t.keep_checkpoints))
+    optimizer, schedule = optim.build(config.optimizer, total)
+    programs = programs_lib.build(mcfg, head, spec.make, optimizer, schedule, mesh, rules,
+                                  accum_steps=int(t.accum_steps))
+    train_step, eval_step = programs.train_step, programs.eval_step
+    run = RunDir(workdir)
+    ckpt = checkpoint.Checkpointer(run.checkpoints, keep=int(t.keep_checkpoints))
     extra: dict[str, Any] = {}
     if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(state_lib.abstract_state(module, optimizer, mesh, rules))
+        state, extra = ckpt.restore(programs.abstract_state())
         log.info("resumed from step %d", int(state.step))
     else:
         init = _initial_params(config, head) if config.init_from else None
-        state = state_lib.init_state(module, optimizer, mesh, int(config.seed), params=init,
-                                     rules=rules)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(objective, optimizer, schedule,
-                                 accum_steps=int(t.accum_steps)), shardings, mesh, rules)
-    eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(objective),
-                                       shardings.params, mesh, rules)
+        state = programs.init_state(int(config.seed), params=init)
 
     writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
-    profile = ProfileWindow(parse_window(t.profile), str(workdir / "tensorboard"))
+    profile = ProfileWindow(parse_window(t.profile), str(run.tensorboard))
     peak = flops.peak_flops(jax.devices()[0].device_kind, float(t.peak_tflops))
     step = int(jax.device_get(state.step))
     last: dict[str, Any] = {}

@@ -23,7 +23,8 @@ from typing import Any
 
 import jax
 
-from bert_jax.paths import as_path, is_local
+from bert_jax.paths import is_local
+from bert_jax.runs import RunDir
 
 # Wall-clock fields; the step-time split (step_s, data_wait_s, device_s) comes from the
 # prefetching loop (pretrain.step_times).
@@ -44,7 +45,7 @@ def _clean(value: Any) -> Any:
 class MetricWriter:
     def __init__(self, workdir: str | Path, tensorboard: bool = True) -> None:
         self.enabled = jax.process_index() == 0
-        self.path = as_path(workdir) / "metrics.jsonl"
+        self.path = RunDir(workdir).metrics
         self.tb = None
         self.file = None
         self.lines: list[str] = []  # for a URL: the whole file, rewritten at each record
@@ -57,7 +58,7 @@ class MetricWriter:
                 self.lines = self.path.read_text().splitlines(keepends=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(str(as_path(workdir) / "tensorboard"))
+                self.tb = SummaryWriter(str(RunDir(workdir).tensorboard))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -88,7 +89,7 @@ def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict[str
     A resumed run may have logged some steps twice (after its last checkpoint, before a
     kill); the later record of a step wins.
     """
-    path = as_path(workdir) / "metrics.jsonl"
+    path = RunDir(workdir).metrics
     if not path.exists():
         return []
     by_key: dict[tuple[str, int], dict] = {}

@@ -20,6 +20,7 @@ import numpy as np
 from bert_jax import heads
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
+from bert_jax.runs import RunDir
 from bert_jax.tokenizer import Tokenizer
 from bert_jax.weights.hf import (
     CONFIG_FILES,
@@ -142,14 +143,13 @@ def workdir_config(path: str | Path) -> dict[str, Any] | None:
     """The saved config.json of a bert-jax run directory (orbax checkpoints plus a config
     with a "model" section: a pre-training workdir, or a fine-tuning run with "task"
     too), or None for any other path."""
-    from bert_jax import configlib
-
     p = Path(path).expanduser()
-    if not (p / "config.json").is_file():
+    run = RunDir(p)
+    if not run.config.is_file():
         return None
-    if not (p / "checkpoints").is_dir():
+    if not run.has_checkpoints():
         try:
-            saved = json.loads((p / "config.json").read_text(encoding="utf-8"))
+            saved = json.loads(run.config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # not ours: the HF loader says what is wrong with it
         if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
@@ -160,7 +160,7 @@ def workdir_config(path: str | Path) -> dict[str, Any] | None:
             raise UserError(f"{p} is a bert-jax workdir with no checkpoints yet: a run saves "
                             "every --config.train.checkpoint_every steps and at its end")
         return None
-    saved = configlib.read_saved(p)  # unreadable: a broken workdir, said in one line
+    saved = run.saved_config()  # unreadable: a broken workdir, said in one line
     return saved if "model" in saved else None
 
 
@@ -173,14 +173,12 @@ def read_workdir(path: Path, **overrides: Any
                  ) -> tuple[dict[str, np.ndarray], BertConfig, str | None]:
     """The latest checkpoint of a pre-training workdir as an HF state dict, its model
     config, and the vocab its data was made with."""
-    from bert_jax import checkpoint, configlib
+    from bert_jax import checkpoint
 
-    saved = configlib.read_saved(path)
-    try:
-        config = BertConfig(**{**saved["model"], **overrides})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}/config.json: bad model config: {e}") from None
-    params, _ = checkpoint.restore_params(path / "checkpoints")
+    run = RunDir(path)
+    saved = run.saved_config()
+    config = run.model_config(saved, **overrides)
+    params, _ = checkpoint.restore_params(run.checkpoints)
     vocab = saved.get("data", {}).get("vocab") or None
     return flax_to_hf(params, vocab_size=config.vocab_size), config, vocab
 

@@ -1,8 +1,8 @@
 """The official GLUE metrics (scikit-learn / scipy) and the GLUE score.
 
-    m = glue_metrics.compute("MRPC", predictions, labels)   # {"f1": 88.9, "accuracy": 84.1}
-    glue_metrics.main_metric("MRPC", m)                      # 86.5, used to choose the lr
-    glue_metrics.glue_score({"CoLA": {...}, "SST-2": {...}, ...})
+    m = metrics.compute("MRPC", predictions, labels)   # {"f1": 88.9, "accuracy": 84.1}
+    metrics.main_metric("MRPC", m)                      # 86.5, used to choose the lr
+    metrics.glue_score({"CoLA": {...}, "SST-2": {...}, ...})
 
 Every metric is a percentage (0-100), as the leaderboard and the BERT paper print them.
 Predictions are label indices (`TaskSpec.labels`) or, for STS-B, scores (clip them to [0, 5]
@@ -24,8 +24,8 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-from bert_jax.data.glue import GLUE_TASKS, TaskSpec, get_task
 from bert_jax.errors import UserError
+from bert_jax.glue.tasks import GLUE_TASKS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 

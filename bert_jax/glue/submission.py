@@ -1,8 +1,9 @@
 """Test-server files: per-task prediction TSVs as gluebenchmark.com takes them, and their zip.
 
-    tests = glue.read_split("RTE", data_dir, "test")
-    glue_submission.write_predictions("RTE", [e.guid for e in tests], preds, "submission")
-    glue_submission.write_zip("submission", "submission.zip")
+    tests = tasks.read_split("RTE", data_dir, "test")
+    submission.write_predictions("RTE", [e.guid for e in tests], preds, "submission")
+    submission.write_zip("submission", "submission.zip")
+    submission.write_submission(summary, "runs/glue")  # a sweep's best runs, every task
 
 Each file has the header `index<TAB>prediction`, one row per test example. Labels are spelt
 as the server reads them: text for MNLI, AX, QNLI and RTE (`entailment`, ...), 0/1 for CoLA,
@@ -12,16 +13,19 @@ and MNLI-mm.tsv (one call per test split); AX.tsv holds the MNLI model's predict
 
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bert_jax import files
-from bert_jax.data.glue import TASKS, TaskSpec, get_task
 from bert_jax.errors import UserError
+from bert_jax.glue.tasks import TASKS, TaskSpec, get_task
+from bert_jax.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +110,17 @@ def write_zip(out_dir: str | Path, zip_path: str | Path | None = None) -> Path:
         for name in present:
             zf.write(out_dir / name, arcname=name)
     return zip_path
+
+
+def write_submission(summary: dict[str, Any], workdir: str | Path) -> Path:
+    """The best run's test predictions of every task -> `<workdir>/submission/*.tsv` and
+    `<workdir>/submission.zip`."""
+    workdir = Path(workdir)
+    out = workdir / "submission"
+    for s in summary["tasks"].values():
+        entries = json.loads(RunDir(workdir / s["best_run"]).test_predictions.read_text())
+        for e in entries:
+            spec = get_task(e["task"])
+            preds = np.asarray(e["prediction"], np.float64 if spec.is_regression else np.int64)
+            write_predictions(spec, e["index"], preds, out, split=e["split"])
+    return write_zip(out, workdir / "submission.zip")

@@ -1,8 +1,8 @@
-"""GLUE tasks: the registry, readers for the original TSV files, and featurisation.
+"""GLUE tasks: the registry, and readers for the original TSV files and the hub copy.
 
-    task = glue.get_task("sst2")                       # -> TASKS["SST-2"]
-    train = glue.read_split(task, "glue_data", "train")  # list[Example]
-    arrays = glue.featurize(train, tokenizer, max_length=128)
+    task = tasks.get_task("sst2")                        # -> TASKS["SST-2"]
+    train = tasks.read_split(task, "glue_data", "train")  # list[Example]
+    dev = tasks.load_hf_dataset("MNLI", "dev_matched")    # the same, via `datasets`
 
 `data_dir` is a directory in the original GLUE layout (`CoLA/train.tsv`, `MNLI/dev_matched.tsv`,
 ...; the diagnostic set AX as `diagnostic/diagnostic.tsv` or `AX/test.tsv`). Files are split on
@@ -10,20 +10,16 @@ tabs with quoting off: several GLUE files hold bare `"` that a csv reader would 
 
 Labels are indices into `TaskSpec.labels`, which spells them as the GLUE files do. MNLI and AX
 use run_classifier's order (contradiction, entailment, neutral); `datasets`' GLUE uses another,
-which `glue_hf` maps. STS-B is regression: a float score in [0, 5], `labels` is None.
+which `load_hf_dataset` maps. STS-B is regression: a float score in [0, 5], `labels` is None.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from bert_jax.errors import UserError
-from bert_jax.tokenizer import Tokenizer
 
 BINARY = ("0", "1")
 NLI = ("contradiction", "entailment", "neutral")  # run_classifier's MnliProcessor order
@@ -47,7 +43,7 @@ class TaskSpec:
 
     name: str  # the canonical spelling, also the directory name in the GLUE layout
     labels: tuple[str, ...] | None  # GLUE's label spellings; None for regression (STS-B)
-    metrics: tuple[str, ...]  # keys of glue_metrics.compute over the dev splits
+    metrics: tuple[str, ...]  # keys of metrics.compute over the dev splits
     layouts: dict[str, Layout]  # split -> columns
     files: dict[str, tuple[str, ...]]  # split -> candidate paths under data_dir, first canonical
     submission: dict[str, str]  # test split -> file name the GLUE server takes
@@ -269,31 +265,63 @@ def _label(task: TaskSpec, raw: str, path: Path, lineno: int) -> int | float:
                         f"{', '.join(task.labels)}") from None
 
 
-def featurize(examples: Sequence[Example], tokenizer: Tokenizer,
-              max_length: int = 128) -> dict[str, np.ndarray]:
-    """Examples -> int32 [N, max_length] input_ids, token_type_ids, attention_mask, and
-    `labels` ([N] int32, float32 for regression) when the examples are labelled.
+# ---- the HuggingFace `datasets` copy (optional; needs it installed and online) -----------
 
-    Pairs are `[CLS] A [SEP] B [SEP]`, truncated longest-first as run_classifier does.
-    """
-    if max_length < 3:
-        raise UserError(f"max_length must be at least 3 ([CLS] x [SEP]), got {max_length}")
-    examples = list(examples)
-    paired = {e.text_b is not None for e in examples}
-    if len(paired) > 1:
-        raise ValueError("examples mix single sentences and pairs; featurize one task at a time")
-    if examples:
-        pairs = [e.text_b for e in examples] if paired == {True} else None
-        out = tokenizer.encode_batch([e.text_a for e in examples], pairs,
-                                     max_length=max_length, pad_to=max_length)
-    else:
-        out = {k: np.zeros((0, max_length), np.int32)
-               for k in ("input_ids", "token_type_ids", "attention_mask")}
-    labelled = {e.label is not None for e in examples}
-    if labelled == {True}:
-        regression = any(isinstance(e.label, float) for e in examples)
-        out["labels"] = np.asarray([e.label for e in examples],
-                                   np.float32 if regression else np.int32)
-    elif len(labelled) > 1:
-        raise ValueError("examples mix labelled and unlabelled rows")
-    return out
+# bert-jax task -> (datasets config, text columns)
+_CONFIGS = {
+    "CoLA": ("cola", ("sentence", None)),
+    "SST-2": ("sst2", ("sentence", None)),
+    "MRPC": ("mrpc", ("sentence1", "sentence2")),
+    "STS-B": ("stsb", ("sentence1", "sentence2")),
+    "QQP": ("qqp", ("question1", "question2")),
+    "MNLI": ("mnli", ("premise", "hypothesis")),
+    "QNLI": ("qnli", ("question", "sentence")),
+    "RTE": ("rte", ("sentence1", "sentence2")),
+    "WNLI": ("wnli", ("sentence1", "sentence2")),
+    "AX": ("ax", ("premise", "hypothesis")),
+}
+# `datasets`' label names -> GLUE's spellings (the ones not spelt alike).
+_LABEL_NAMES = {"unacceptable": "0", "acceptable": "1", "negative": "0", "positive": "1",
+                "not_equivalent": "0", "equivalent": "1", "not_duplicate": "0",
+                "duplicate": "1"}
+_WNLI_LABELS = {"not_entailment": "0", "entailment": "1"}
+
+
+def hf_split(task: TaskSpec, split: str) -> str:
+    """bert-jax's split name -> the `datasets` one (dev -> validation)."""
+    if split not in task.layouts:
+        raise UserError(f"{task.name} has no split {split!r}: choose one of "
+                        f"{', '.join(task.layouts)}")
+    return split.replace("dev", "validation")
+
+
+def load_hf_dataset(task: str | TaskSpec, split: str) -> list[Example]:
+    """One split of a GLUE task from the `datasets` hub copy, as `Example`s."""
+    task = get_task(task)
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("loading GLUE from the hub needs the `datasets` library: "
+                        "pip install datasets (or pass --data-dir with the GLUE TSVs)") from None
+    config, (col_a, col_b) = _CONFIGS[task.name]
+    try:
+        ds = datasets.load_dataset("glue", config, split=hf_split(task, split))
+    except Exception as e:  # network and hub failures come in many types
+        raise UserError(f"cannot load glue/{config} {split} with `datasets`: {e}") from None
+    names = None
+    if task.labels is not None:
+        names = ds.features["label"].names
+        spell = _WNLI_LABELS if task.name == "WNLI" else _LABEL_NAMES
+        names = [task.labels.index(spell.get(n, n)) for n in names]
+    examples = []
+    for row in ds:
+        label = row["label"]
+        if label < 0:  # -1 marks the unlabelled test rows
+            label = None
+        elif task.labels is None:
+            label = float(label)
+        else:
+            label = names[label]
+        examples.append(Example(str(row["idx"]), row[col_a],
+                                None if col_b is None else row[col_b], label))
+    return examples
