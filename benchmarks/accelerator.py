@@ -85,23 +85,15 @@ def plan(smoke: bool, attentions: list[str], dtype: str) -> list[Case]:
 
 def setup(cfg: Any, mesh: Any) -> tuple[Any, Any, Any]:
     """(train state, jitted train step, jitted forward) of BertForPreTraining with BERT
-    Adam, built by the project's own functions, as pre-training builds them."""
-    from bert_jax import model, optim
-    from bert_jax.train import objectives
-    from bert_jax.train import state as state_lib
-    from bert_jax.train import step as step_lib
+    Adam, from the program factory that pre-training uses (train/programs.py)."""
+    from bert_jax import optim
+    from bert_jax.train import objectives, programs
 
-    module = model.build(cfg, "pretraining")
     ocfg = optim.default_config()
     ocfg.warmup_steps = 10
     tx, schedule = optim.build(ocfg, 1000)
-    shardings = state_lib.state_shardings(module, tx, mesh)
-    state = state_lib.init_state(module, tx, mesh, seed=0)
-    objective = objectives.PreTraining(module)
-    train = step_lib.jit_train_step(step_lib.make_train_step(objective, tx, schedule),
-                                    shardings, mesh)
-    forward = step_lib.jit_eval_step(step_lib.make_eval_step(objective), shardings.params,
-                                     mesh)
+    p = programs.build(cfg, "pretraining", objectives.PreTraining, tx, schedule, mesh)
+    state, train, forward = p.init_state(seed=0), p.train_step, p.eval_step
     return state, train, forward
 
 

@@ -112,6 +112,22 @@ def test_two_phase_run_logs_checkpoints_and_config(reference_run, tiny_data):
 
 
 @pytest.mark.slow
+def test_finished_run_resumed_reports_its_last_metrics(reference_run, tiny_data, tmp_path):
+    # Nothing is left to train: the result is what the run logged last, not an empty dict.
+    workdir = tmp_path / "finished"
+    shutil.copytree(reference_run, workdir)
+    result = pretrain.run(tiny_config(tiny_data), workdir, progress=False)
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last_train = [r for r in lines if r["split"] == "train"][-1]
+    last_eval = [r for r in lines if r["split"] == "eval"][-1]
+    assert last_train["step"] == last_eval["step"] == 8
+    assert result["loss"] == last_train["loss"]
+    assert result["masked_lm_accuracy"] == last_train["masked_lm_accuracy"]
+    assert result["eval_masked_lm_accuracy"] == last_eval["masked_lm_accuracy"]
+    assert "step" not in result and "eval_split" not in result
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_from", [4, 6])  # inside phase 1; at the phase boundary
 def test_resumed_run_equals_uninterrupted(reference_run, tiny_data, tmp_path, resume_from):
     """Cut the reference run back to checkpoint `resume_from` and finish it again."""

@@ -44,7 +44,7 @@ from bert_jax.train import programs as programs_lib
 from bert_jax.train import step as step_lib
 from bert_jax.train.profile import ProfileWindow, parse_window
 from bert_jax.train.stopping import StopRequest
-from bert_jax.train.writer import MetricWriter
+from bert_jax.train.writer import MetricWriter, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,21 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
         bar.close()
         writer.close()
         ckpt.close()
-    return last
+    # A run resumed after its last step trains nothing: report what it logged last.
+    return last or logged_result(workdir)
+
+
+def logged_result(workdir: str | Path) -> dict[str, Any]:
+    """The last train record of a run's metrics.jsonl, with its last eval's as eval_*."""
+    result: dict[str, Any] = {}
+    for record in read_metrics(workdir):
+        values = {k: v for k, v in record.items()
+                  if k not in ("step", "split", "time") and v is not None}
+        if record["split"] == "train":
+            result |= values
+        elif record["split"] == "eval":
+            result |= {f"eval_{k}": v for k, v in values.items()}
+    return result
 
 
 def step_times(elapsed: float, data_wait: float, steps: int) -> dict[str, float]:
