@@ -12,6 +12,10 @@ smallest of `Buckets.lengths` that holds its longest text, its row count to one 
 one of `Buckets.masks`. The number of compilations is therefore bounded and known in
 advance (`Buckets.max_compilations`); `Predictor.traces` counts the ones that happened.
 
+`packing=True` (embed, nsp, fill-mask) puts several texts in each row instead
+(`bert_jax/packing.py`): short texts then cost their own tokens, not a padded row each.
+The results are the same as unpacked ones, to float rounding.
+
 The model calls are pure functions of (params, arrays); the `Predictor` only holds the
 jitted functions, the parameters on the device and the tokenizer.
 """
@@ -23,7 +27,7 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,94 +35,33 @@ import numpy as np
 
 from bert_jax import heads, weights
 from bert_jax import model as modeling
+from bert_jax.buckets import CPU_MAX_TOKENS, Buckets
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
+from bert_jax.layers import gather_positions
+from bert_jax.packing import MODEL_INPUTS, pack
 from bert_jax.tokenizer import Tokenizer
 
 POOLINGS = ("cls", "mean", "tokens")
-# On CPU a bert-base forward is ~20% slower per sequence at 32 x 128 tokens than at
-# 8 x 128 (XLA's matmuls lose efficiency once activations outgrow the caches), so
-# CPU calls are capped at this many padded tokens unless `Buckets.max_tokens` is set.
-CPU_MAX_TOKENS = 2048
 
 
 class TruncationWarning(UserWarning):
     """A text was longer than the model's maximum length and was cut."""
 
 
-# ---- buckets ----------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Buckets:
-    """The fixed shapes every batch is padded to (values above the model's limit are dropped).
-
-    `lengths` are sequence lengths, `batch_sizes` row counts, `masks` the number of
-    [MASK] slots fill-mask projects onto the vocabulary; a batch with more [MASK]s than
-    the largest slot count projects every position of its length bucket instead.
-    `max_tokens` caps rows x length per call (the smallest batch size always fits).
-    """
-
-    lengths: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    masks: tuple[int, ...] = (8,)
-    max_tokens: int | None = None
-
-    def for_model(self, max_length: int) -> Buckets:
-        """The buckets a model with `max_length` positions can use; its limit is one."""
-        lengths = sorted({n for n in self.lengths if n < max_length} | {max_length})
-        return dataclasses.replace(self, lengths=tuple(lengths))
-
-    @property
-    def max_length(self) -> int:
-        return self.lengths[-1]
-
-    def length(self, n: int) -> int:
-        """The smallest length bucket that holds `n` tokens."""
-        return next(b for b in self.lengths if b >= n)
-
-    def mask_slots(self, n: int, length: int) -> int:
-        """How many [MASK] positions a batch with at most `n` of them per text projects."""
-        return next((m for m in self.masks if n <= m < length), length)
-
-    def chunks(self, n: int, length: int | None = None) -> Iterator[tuple[int, int]]:
-        """Splits `n` rows into (rows, padded rows) pieces with padded rows in batch_sizes
-        (those within `max_tokens` at `length`).
-
-        A remainder is padded up to the next batch size when that at most doubles it
-        (7 -> 8); otherwise the largest batch size below it is taken (10 -> 8 + 1 + 1),
-        so padding never costs more than the rows themselves.
-        """
-        sizes = sorted(self.batch_sizes)
-        if self.max_tokens is not None and length is not None:
-            sizes = [s for s in sizes if s * length <= self.max_tokens] or sizes[:1]
-        while n > 0:
-            up = next((s for s in sizes if s >= n), None)
-            if up is not None and up <= 2 * n:
-                yield n, up
-                return
-            down = max(s for s in sizes if s <= n)
-            yield down, down
-            n -= down
-
-    def max_compilations(self, task: str) -> int:
-        """An upper bound on the compilations `task` can cause (per distinct static option:
-        top_k for fill-mask, layer and pooling for embed)."""
-        per_shape = len(self.lengths) * len(self.batch_sizes)
-        if task == "fill_mask":
-            return per_shape * (len(self.masks) + 1)
-        if task == "attention":
-            return len(self.lengths)  # one text at a time
-        return per_shape
-
-
 # ---- pure model calls -------------------------------------------------------------------
+
+def _inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The model's inputs in `batch`: padded rows, or packed ones (with segment ids)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
 
 def _fill_mask(module: modeling.BertForPreTraining, params: Any, batch: dict[str, jax.Array],
                top_k: int, num_tokens: int) -> tuple[jax.Array, jax.Array]:
     """Top-k (probabilities, ids) at `batch["positions"]`: [B, P, k] each. Only the first
     `num_tokens` rows (the vocab's) are scored: the rest are padding, never predicted."""
-    out = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"], batch["positions"])
+    out = module.apply({"params": params}, **_inputs(batch),
+                       masked_positions=batch["positions"])
     logits = out.mlm_logits.astype(jnp.float32)
     logits = jnp.where(jnp.arange(logits.shape[-1]) < num_tokens, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1)
@@ -127,27 +70,34 @@ def _fill_mask(module: modeling.BertForPreTraining, params: Any, batch: dict[str
 
 def _embed(module: modeling.BertModel, params: Any, batch: dict[str, jax.Array], layer: int,
            pooling: str) -> jax.Array:
-    """Hidden states of `layer` (0 = embeddings), pooled: [B, H], or [B, L, H] for tokens.
+    """Hidden states of `layer` (0 = embeddings), pooled: [B, H] ([B, K, H] for packed
+    rows: one per example slot), or [B, L, H] for tokens.
 
     Layers above `layer` are dead code, so XLA does not compute them.
     """
-    out = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"], output_hidden_states=True)
+    out = module.apply({"params": params}, **_inputs(batch), output_hidden_states=True)
     h = out.hidden_states[layer].astype(jnp.float32)
+    if pooling == "tokens":
+        return h
+    packed = "cls_positions" in batch
     if pooling == "cls":
-        return h[:, 0]
-    if pooling == "mean":  # over every attended token, [CLS] and [SEP] included
-        mask = batch["attention_mask"].astype(jnp.float32)[..., None]
-        return (h * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-    return h
+        return gather_positions(h, jnp.maximum(batch["cls_positions"], 0)) if packed else h[:, 0]
+    # mean: over every token of the text, [CLS] and [SEP] included
+    if packed:  # member[b, l, k]: token l of row b belongs to slot k's example
+        slots = jnp.arange(1, batch["cls_positions"].shape[1] + 1)
+        member = (batch["segment_ids"][..., None] == slots).astype(jnp.float32)
+        total = jnp.einsum("blk,blh->bkh", member, h)
+        return total / jnp.maximum(member.sum(1), 1.0)[..., None]
+    mask = batch["attention_mask"].astype(jnp.float32)[..., None]
+    return (h * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
 
 
 def _nsp(module: modeling.BertForPreTraining, params: Any,
          batch: dict[str, jax.Array]) -> jax.Array:
-    """P(IsNext) per pair: index 0 of the NSP logits is IsNext (BERT's convention)."""
-    out = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"], batch["positions"])
-    return jax.nn.softmax(out.nsp_logits.astype(jnp.float32), axis=-1)[:, 0]
+    """P(IsNext) per pair, [B] ([B, K] packed): index 0 of the NSP logits is IsNext."""
+    out = module.apply({"params": params}, **_inputs(batch),
+                       masked_positions=batch["positions"])
+    return jax.nn.softmax(out.nsp_logits.astype(jnp.float32), axis=-1)[..., 0]
 
 
 def _attention(module: modeling.BertModel, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -162,6 +112,15 @@ def _attention(module: modeling.BertModel, params: Any, batch: dict[str, jax.Arr
 def infer_head(params: Any) -> str:
     """Which registered head (bert_jax/heads.py) a parameter tree belongs to."""
     return heads.detect(weights.hf_names(params))
+
+
+class Member(NamedTuple):
+    """An example in a batch row: its index, its slot in the row (0 unpacked), and
+    where its tokens start in the row (0 unpacked)."""
+
+    example: int
+    slot: int
+    start: int
 
 
 @dataclasses.dataclass
@@ -182,12 +141,13 @@ class Predictor:
     """
 
     def __init__(self, config: BertConfig, params: Any, tokenizer: Tokenizer, *,
-                 dtype: str | None = None, buckets: Buckets = Buckets()) -> None:
+                 dtype: str | None = None, buckets: Buckets | None = None) -> None:
         if dtype is not None:
             config = config.replace(dtype=dtype)
         self.config = config
         self.tokenizer = tokenizer
         self.head = infer_head(params)
+        buckets = buckets or Buckets()
         if buckets.max_tokens is None and jax.default_backend() == "cpu":
             buckets = dataclasses.replace(buckets, max_tokens=CPU_MAX_TOKENS)
         self.buckets = buckets.for_model(config.max_position_embeddings)
@@ -244,9 +204,13 @@ class Predictor:
                 out.append(_Encoded(e.ids, e.type_ids))
         return out
 
-    def _batches(self, encoded: list[_Encoded]
-                 ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-        """(example indices, padded arrays) per bucketed batch; similar lengths go together."""
+    def _batches(self, encoded: list[_Encoded], packed: bool = False
+                 ) -> Iterator[tuple[list[list[Member]], dict[str, np.ndarray]]]:
+        """(each row's examples, padded arrays) per bucketed batch: one example a row,
+        similar lengths together, or `packed` rows of several."""
+        if packed:
+            yield from self._packed_batches(encoded)
+            return
         by_length: dict[int, list[int]] = collections.defaultdict(list)
         for i, e in enumerate(encoded):
             by_length[self.buckets.length(len(e.ids))].append(i)
@@ -263,7 +227,29 @@ class Predictor:
                     batch["input_ids"][row, :n] = encoded[i].ids
                     batch["token_type_ids"][row, :n] = encoded[i].type_ids
                     batch["attention_mask"][row, :n] = 1
-                yield chunk, batch
+                yield [[Member(i, 0, 0)] for i in chunk], batch
+
+    def _packed_batches(self, encoded: list[_Encoded]
+                        ) -> Iterator[tuple[list[list[Member]], dict[str, np.ndarray]]]:
+        """Batches of packed rows (`Buckets.pack_row_length` long), their example slots
+        cut to the batch's `Buckets.example_slots`; padding rows have no example."""
+        b = self.buckets
+        packed = pack([e.ids for e in encoded], [e.type_ids for e in encoded],
+                      b.pack_row_length(max(len(e.ids) for e in encoded)),
+                      max_examples=max(b.pack_slots), pad_id=self.tokenizer.pad_id)
+        inputs, length, start = packed.model_inputs(), packed.input_ids.shape[1], 0
+        for n, padded in b.chunks(len(packed.input_ids), length):
+            index = packed.example_index[start:start + n]
+            k = b.example_slots(int((index >= 0).sum(1).max()))
+            batch = {}
+            for name, v in inputs.items():
+                fill = {"input_ids": self.tokenizer.pad_id, "cls_positions": -1}.get(name, 0)
+                v = v[start:start + n, :k] if name == "cls_positions" else v[start:start + n]
+                batch[name] = np.concatenate([v, np.full((padded - n, v.shape[1]), fill,
+                                                         v.dtype)])
+            start += n
+            yield [[Member(int(i), slot, int(packed.start[i])) for slot, i in enumerate(r)
+                    if i >= 0] for r in index], batch
 
     def _need(self, heads: tuple[str, ...], task: str) -> None:
         if self.head not in heads:
@@ -272,14 +258,15 @@ class Predictor:
 
     # ---- tasks --------------------------------------------------------------------------
 
-    def fill_mask(self, texts: Sequence[str], top_k: int = 5, *,
-                  strict: bool = False) -> list[list[list[dict[str, Any]]]]:
+    def fill_mask(self, texts: Sequence[str], top_k: int = 5, *, strict: bool = False,
+                  packing: bool = False) -> list[list[list[dict[str, Any]]]]:
         """Per text, per [MASK] (left to right), the top-k {token_id, token_str, score}.
 
         `score` is the fp32 softmax probability over the vocabulary. All [MASK]s of a text
         are predicted in one forward pass, and only their positions are projected onto
         the vocabulary. Too-long texts are truncated with a `TruncationWarning` (or raise
-        with `strict=True`); a [MASK] lost to truncation is an error.
+        with `strict=True`); a [MASK] lost to truncation is an error. `packing`: several
+        texts per row (see the module docstring).
         """
         self._need(("pretraining", "mlm"), "fill-mask")
         top_k = int(top_k)
@@ -302,20 +289,26 @@ class Predictor:
             positions.append(pos)
 
         results: list[list[list[dict[str, Any]]]] = [[] for _ in texts]
-        for chunk, batch in self._batches(encoded):
+        for members, batch in self._batches(encoded, packing):
+            # A row's [MASK] positions: its examples' in turn, shifted to where they start.
+            in_row = [[m.start + p for m in row for p in positions[m.example]]
+                      for row in members]
             length = batch["input_ids"].shape[1]
-            slots = self.buckets.mask_slots(max(len(positions[i]) for i in chunk), length)
+            slots = self.buckets.mask_slots(max(len(p) for p in in_row), length)
             # Unused slots point at position 0 ([CLS]); their predictions are dropped.
             batch["positions"] = np.zeros((len(batch["input_ids"]), slots), np.int32)
-            for row, i in enumerate(chunk):
-                batch["positions"][row, :len(positions[i])] = positions[i]
+            for row, p in enumerate(in_row):
+                batch["positions"][row, :len(p)] = p
             scores, ids = jax.device_get(self._jit_fill_mask(
                 self.params, batch, top_k=top_k, num_tokens=num_tokens))
-            for row, i in enumerate(chunk):
-                results[i] = [
-                    [{"token_id": int(t), "token_str": self._token_str(t), "score": float(s)}
-                     for t, s in zip(ids[row, m], scores[row, m])]
-                    for m in range(len(positions[i]))]
+            for row, examples in enumerate(members):
+                first = 0
+                for m in examples:
+                    results[m.example] = [
+                        [{"token_id": int(t), "token_str": self._token_str(t),
+                          "score": float(s)} for t, s in zip(ids[row, q], scores[row, q])]
+                        for q in range(first, first + len(positions[m.example]))]
+                    first += len(positions[m.example])
         return results
 
     def _token_str(self, token_id: int) -> str:
@@ -323,12 +316,12 @@ class Predictor:
         return self.tokenizer.backend.decode([int(token_id)], skip_special_tokens=False)
 
     def embed(self, texts: Sequence[str], layer: int = -1, pooling: str = "cls", *,
-              strict: bool = False) -> np.ndarray | list[np.ndarray]:
+              strict: bool = False, packing: bool = False) -> np.ndarray | list[np.ndarray]:
         """Hidden states of `layer` (0 = embeddings output, -1 = last) per text.
 
         pooling "cls": the [CLS] vector, [N, H]; "mean": the mean over the text's tokens
         ([CLS] and [SEP] included, padding excluded), [N, H]; "tokens": one [n_i, H] array
-        per text, unpadded.
+        per text, unpadded. `packing`: several texts per row (see the module docstring).
         """
         if pooling not in POOLINGS:
             raise UserError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
@@ -339,27 +332,37 @@ class Predictor:
         layer = layer % (layers + 1)
         encoded = self._encode(texts, None, strict)
         results: list[np.ndarray] = [np.empty(0)] * len(encoded)
-        for chunk, batch in self._batches(encoded):
+        for members, batch in self._batches(encoded, packing):
             out = jax.device_get(self._jit_embed(self._encoder_params, batch, layer=layer,
                                                  pooling=pooling))
-            for row, i in enumerate(chunk):
-                results[i] = out[row, :len(encoded[i].ids)] if pooling == "tokens" else out[row]
+            if pooling != "tokens" and not packing:
+                out = out[:, None]  # one slot a row
+            for row, examples in enumerate(members):
+                for m in examples:
+                    results[m.example] = (out[row, m.slot] if pooling != "tokens" else
+                                          out[row, m.start:m.start + len(encoded[m.example].ids)])
         return results if pooling == "tokens" else np.stack(results)
 
-    def nsp(self, pairs: Sequence[tuple[str, str]], *, strict: bool = False) -> np.ndarray:
-        """P(IsNext) for each (sentence A, sentence B): [N] fp32."""
+    def nsp(self, pairs: Sequence[tuple[str, str]], *, strict: bool = False,
+            packing: bool = False) -> np.ndarray:
+        """P(IsNext) for each (sentence A, sentence B): [N] fp32. `packing`: several pairs
+        per row (see the module docstring)."""
         self._need(("pretraining",), "nsp")
         pairs = list(pairs)
         if any(len(p) != 2 for p in pairs):
             raise UserError("nsp takes pairs of sentences (A, B)")
         encoded = self._encode([a for a, _ in pairs], [b for _, b in pairs], strict, "pair")
         results = np.zeros(len(encoded), np.float32)
-        for chunk, batch in self._batches(encoded):
+        for members, batch in self._batches(encoded, packing):
             # One slot at [CLS]: the MLM projection of a single position is all the
             # pretraining module computes beyond the encoder and the NSP head.
             batch["positions"] = np.zeros((len(batch["input_ids"]), 1), np.int32)
             probs = jax.device_get(self._jit_nsp(self.params, batch))
-            results[chunk] = probs[:len(chunk)]
+            if not packing:
+                probs = probs[:, None]
+            for row, examples in enumerate(members):
+                for m in examples:
+                    results[m.example] = probs[row, m.slot]
         return results
 
     def attention(self, text: str, pair: str | None = None, *,
@@ -367,7 +370,7 @@ class Predictor:
         """Attention probabilities [layers, heads, n, n] of one text (or pair), and its n
         tokens ([CLS] and [SEP] included)."""
         encoded = self._encode([text], None if pair is None else [pair], strict)
-        (chunk, batch), = self._batches(encoded)
+        (_, batch), = self._batches(encoded)
         probs = jax.device_get(self._jit_attention(self._encoder_params, batch))
         n = len(encoded[0].ids)
         tokens = [self.tokenizer.id_to_token(t) for t in encoded[0].ids]

@@ -5,8 +5,8 @@ HuggingFace PyTorch names with `_` for `.` (`bert/encoder_layer_0/attention_self
 is `bert.encoder.layer.0.attention.self.query.weight`), so weight conversion is a
 rename plus a transpose (see `weights.py`).
 
-Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `mlp`, ...);
-`sharding.py` maps them onto mesh axes. Compute dtype (`config.dtype`) is separate
+The building blocks (Dense, LayerNorm, embedding tables with logical axis names, which
+`sharding.py` maps onto mesh axes) are in `layers.py`. Compute dtype (`config.dtype`) is separate
 from storage dtype (`config.param_dtype`): bf16 matmuls on fp32 parameters is
 `dtype="bfloat16"`. Attention scores and softmax, LayerNorm statistics and the logits
 heads (MLM decoder, NSP, classifier: fp32 accumulation, fp32 bias) stay in fp32.
@@ -25,96 +25,10 @@ from bert_jax import heads, sharding
 from bert_jax.attention import attention
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
-from bert_jax.ops import Dropout, LayerNorm, activation, matmul
+from bert_jax.layers import dense, embedding, gather_positions, in_use, layer_norm, lookup
+from bert_jax.ops import Dropout, activation, matmul
 
 Array = jax.Array
-
-
-# ---- building blocks --------------------------------------------------------------------
-
-def in_use(names: tuple[str | None, ...]) -> tuple[str | None, ...]:
-    """A parameter's layout where it is used: whole along `embed` (the dim that FSDP
-    shards for storage), still split along a tensor-parallel dim (heads, mlp, vocab).
-    Constraining a weight to it right before use is the FSDP all-gather (and, through
-    autodiff, the gradient's reduce-scatter); left to XLA, a weight split along the
-    hidden dim can split the activations along it too, which then get gathered."""
-    return tuple(None if n == "embed" else n for n in names)
-
-
-class Dense(nn.Module):
-    """`nn.Dense` (the same parameters and values) with the weights laid out for use
-    (`in_use`) and the matmul `config.matmul_impl` names (see `ops.matmul`).
-
-    `out_dtype` (logits heads): the product accumulates and is returned in it, and the
-    bias is added in it, instead of the compute dtype; with bf16 compute, float32 keeps
-    the logits from being rounded to bf16's 8 bits before the loss."""
-
-    features: int
-    axes: tuple[str | None, str | None]  # logical names of the kernel [in, out]
-    config: BertConfig
-    out_dtype: Any = None  # None: the compute dtype (config.dtype)
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.config
-        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), self.axes),
-            (x.shape[-1], self.features), param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(
-            nn.initializers.zeros, self.axes[1:]), (self.features,), param_dtype)
-        kernel = sharding.constrain(kernel, in_use(self.axes))
-        bias = sharding.constrain(bias, in_use(self.axes[1:]))
-        out_dtype = None if self.out_dtype is None else jnp.dtype(self.out_dtype)
-        y = matmul(cfg.matmul_impl)(x.astype(dtype), kernel.astype(dtype),
-                                    (((x.ndim - 1,), (0,)), ((), ())),
-                                    preferred_element_type=out_dtype)
-        return y + bias.astype(y.dtype)
-
-
-def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None],
-           name: str, out_dtype: Any = None) -> Dense:
-    return Dense(features, axes, cfg, out_dtype, name=name)
-
-
-def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> LayerNorm:
-    return LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
-                     param_dtype=jnp.dtype(cfg.param_dtype), name=name)
-
-
-def _embed(cfg: BertConfig, num: int, axes: tuple[str | None, str], name: str,
-           used_rows: int | None = None) -> nn.Embed:
-    """An embedding table of `num` rows; rows from `used_rows` on (vocabulary padding)
-    start at zero and, never looked up or predicted, stay zero."""
-    init = nn.initializers.normal(cfg.initializer_range)
-    if used_rows is not None and used_rows < num:
-        normal = init
-
-        def init(key, shape, dtype=jnp.float32):
-            used = normal(key, (used_rows, *shape[1:]), dtype)
-            return jnp.pad(used, [(0, shape[0] - used_rows)] + [(0, 0)] * (len(shape) - 1))
-
-    return nn.Embed(
-        num, cfg.hidden_size,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=nn.with_logical_partitioning(init, axes),
-        name=name,
-    )
-
-
-def _lookup(embed: nn.Embed, ids: Array, rows: str | None = None) -> Array:
-    """`embed(ids)` with the table's embedding dim whole: gathered over fsdp before the
-    lookup (as every FSDP weight is before its use), its rows left split over `rows`'
-    mesh axes. A lookup from a table split along the embedding dim into a batch-split
-    output is a reshard XLA can only do by replicating the whole result."""
-    table = sharding.constrain(embed.embedding, in_use((rows, "embed")))
-    return jnp.take(table, ids, axis=0).astype(embed.dtype)
-
-
-def gather_positions(x: Array, positions: Array) -> Array:
-    """x[b, positions[b, p]] for every b, p: [B, L, H] x [B, P] -> [B, P, H]."""
-    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
 
 
 # ---- the encoder ------------------------------------------------------------------------
@@ -124,20 +38,20 @@ class BertEmbeddings(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.word_embeddings = _embed(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
-                                      "word_embeddings", used_rows=cfg.vocab_size)
-        self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, (None, "embed"),
-                                          "position_embeddings")
-        self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, (None, "embed"),
-                                            "token_type_embeddings")
-        self.LayerNorm = _layer_norm(cfg)
+        self.word_embeddings = embedding(cfg, cfg.padded_vocab_size, ("vocab", "embed"),
+                                         "word_embeddings", used_rows=cfg.vocab_size)
+        self.position_embeddings = embedding(cfg, cfg.max_position_embeddings,
+                                             (None, "embed"), "position_embeddings")
+        self.token_type_embeddings = embedding(cfg, cfg.type_vocab_size, (None, "embed"),
+                                               "token_type_embeddings")
+        self.LayerNorm = layer_norm(cfg)
         self.dropout = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array,
                  deterministic: bool) -> Array:
-        x = (_lookup(self.word_embeddings, input_ids, "vocab")
-             + _lookup(self.position_embeddings, position_ids)
-             + _lookup(self.token_type_embeddings, token_type_ids))
+        x = (lookup(self.word_embeddings, input_ids, "vocab")
+             + lookup(self.position_embeddings, position_ids)
+             + lookup(self.token_type_embeddings, token_type_ids))
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
     def attend(self, x: Array) -> Array:
@@ -157,24 +71,25 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool,
                  queries: Array | None = None, positions: Array | None = None,
-                 ) -> tuple[Array, Array | None]:
+                 segment_ids: Array | None = None) -> tuple[Array, Array | None]:
         """Self-attention of x [B, L, H] under the padding `mask` [B, L]; `queries`
         [B, Q, H], the rows of x at `positions` [B, Q], attend to all of x instead,
-        giving context [B, Q, H]. Also returns the probabilities [B, heads, Q, L] where
-        the kernel (`config.attention`) makes them."""
+        giving context [B, Q, H]. With `segment_ids` [B, L] (packed rows) a token sees
+        only its own segment. Also returns the probabilities [B, heads, Q, L] where the
+        kernel (`config.attention`) makes them."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         queries = x if queries is None else queries
 
         def project(name: str, y: Array) -> Array:
-            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
+            y = dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(y)
             y = y.reshape(*y.shape[:2], heads, head_dim)
             return sharding.constrain(y, ("batch", "length", "heads", None))
 
         rate = cfg.attention_probs_dropout_prob
         context, probs = attention(
             project("query", queries), project("key", x), project("value", x), mask,
-            query_positions=positions, backend=cfg.attention,
+            segment_ids=segment_ids, query_positions=positions, backend=cfg.attention,
             dropout=Dropout(rate, cfg.dropout_impl) if rate > 0 else None,
             deterministic=deterministic)
         context = sharding.constrain(context, ("batch", "length", "heads", None)).reshape(
@@ -189,26 +104,28 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool,
-                 positions: Array | None = None) -> tuple[Array, Array | None]:
+                 positions: Array | None = None, segment_ids: Array | None = None,
+                 ) -> tuple[Array, Array | None]:
         """x [B, L, H] -> [B, L, H]; with `positions` [B, P] only those rows are computed
-        (they attend to all of x): [B, P, H], the same values as the full block's rows."""
+        (they attend to all of x, or to their own segment of it): [B, P, H], the same
+        values as the full block's rows."""
         cfg = self.config
         drop = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)
 
         queries = None if positions is None else gather_positions(x, positions)
         context, probs = BertSelfAttention(cfg, name="attention_self")(
-            x, mask, deterministic, queries, positions)
+            x, mask, deterministic, queries, positions, segment_ids)
         if queries is not None:
             x = queries
-        y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
-        x = _layer_norm(cfg, "attention_output_LayerNorm")(
+        y = dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output_dense")(context)
+        x = layer_norm(cfg, "attention_output_LayerNorm")(
             x + drop(y, deterministic=deterministic))
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
-        y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
+        y = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
         y = sharding.constrain(activation(cfg.hidden_act)(y), ("batch", "length", "mlp"))
-        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
-        x = _layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
+        y = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense")(y)
+        x = layer_norm(cfg, "output_LayerNorm")(x + drop(y, deterministic=deterministic))
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
         return x, probs
 
@@ -216,13 +133,19 @@ class BertLayer(nn.Module):
 @flax.struct.dataclass
 class BertOutput:
     last_hidden_state: Array  # [B, L, H]
-    pooler_output: Array | None = None  # [B, H]
+    pooler_output: Array | None = None  # [B, H], or [B, K, H] per packed example
     hidden_states: tuple[Array, ...] | None = None  # embeddings + every layer: L+1 of [B, L, H]
     attentions: tuple[Array, ...] | None = None  # every layer: [B, heads, L, L]
 
 
 class BertModel(nn.Module):
-    """The encoder: embeddings, `num_hidden_layers` blocks, and the [CLS] pooler."""
+    """The encoder: embeddings, `num_hidden_layers` blocks, and the [CLS] pooler.
+
+    Packed rows (several examples in one row, `bert_jax/packing.py`) take `segment_ids`
+    [B, L] (0 padding, k = the row's k-th example: a token attends to its own example
+    only), `position_ids` restarting at 0 per example, and `cls_positions` [B, K] (each
+    example's [CLS]; negative for an empty slot, whose outputs are meaningless): the
+    pooler then gives one vector per example, [B, K, H]."""
 
     config: BertConfig
     add_pooling_layer: bool = True
@@ -237,7 +160,7 @@ class BertModel(nn.Module):
         self.layers = [layer_cls(cfg, name=f"encoder_layer_{i}")
                        for i in range(cfg.num_hidden_layers)]
         if self.add_pooling_layer:
-            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", None), "pooler_dense")
+            self.pooler = dense(cfg, cfg.hidden_size, ("embed", None), "pooler_dense")
 
     def __call__(
         self,
@@ -250,12 +173,19 @@ class BertModel(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         last_layer_positions: Array | None = None,
+        segment_ids: Array | None = None,
+        cls_positions: Array | None = None,
     ) -> BertOutput:
         """`last_layer_positions` [B, P]: compute the last layer only at these positions,
         so last_hidden_state is [B, P, H] (row p: the state at position last_layer_positions[:, p])
-        and the pooler reads row 0: put position 0 first when the pooler is wanted."""
+        and the pooler reads its first row (its first K rows with `cls_positions` [B, K]):
+        put the [CLS] position(s) first when the pooler is wanted."""
+        if segment_ids is not None and position_ids is None:
+            raise UserError("packed rows (segment_ids) need position_ids restarting at 0 "
+                            "per example: bert_jax.packing.pack makes both")
         if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+            attention_mask = (jnp.ones_like(input_ids) if segment_ids is None
+                              else (segment_ids > 0).astype(jnp.int32))
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if output_attentions and self.config.attention != "xla":
@@ -270,12 +200,18 @@ class BertModel(nn.Module):
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             x, probs = layer(x, attention_mask, deterministic,
-                             last_layer_positions if last else None)
+                             last_layer_positions if last else None, segment_ids)
             hidden.append(x)
             attentions.append(probs)
         pooled = None
         if self.add_pooling_layer:
-            pooled = jnp.tanh(self.pooler(x[:, 0]))
+            if cls_positions is None:
+                first = x[:, 0]
+            elif last_layer_positions is None:
+                first = gather_positions(x, jnp.maximum(cls_positions, 0))
+            else:
+                first = x[:, :cls_positions.shape[1]]
+            pooled = jnp.tanh(self.pooler(first))
         return BertOutput(
             last_hidden_state=x,
             pooler_output=pooled,
@@ -300,8 +236,8 @@ class BertMLMHead(nn.Module):
         the padding columns at the float32 minimum (never predicted, no effect on a
         softmax loss): the layout that shards over the mesh, for training."""
         cfg = self.config
-        x = _dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
-        x = _layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
+        x = dense(cfg, cfg.hidden_size, ("embed", None), "transform_dense")(x)
+        x = layer_norm(cfg, "transform_LayerNorm")(activation(cfg.hidden_act)(x))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.padded_vocab_size,), jnp.dtype(cfg.param_dtype))
         bias = sharding.constrain(bias.astype(jnp.float32), ("vocab",))
@@ -319,7 +255,7 @@ class BertMLMHead(nn.Module):
 class PreTrainingOutput:
     mlm_logits: Array  # [B, P, V] at masked_positions, or [B, L, V] without them
     # (V: config.vocab_size, or config.padded_vocab_size with padded_vocab=True)
-    nsp_logits: Array | None  # [B, 2], or None for an MLM-only model
+    nsp_logits: Array | None  # [B, 2] ([B, K, 2] packed), or None for an MLM-only model
     encoder: BertOutput
 
 
@@ -333,8 +269,8 @@ class BertForPreTraining(nn.Module):
         self.bert = BertModel(self.config)
         self.cls_predictions = BertMLMHead(self.config)
         if self.nsp:
-            self.cls_seq_relationship = _dense(self.config, 2, ("embed", None),
-                                               "cls_seq_relationship", jnp.float32)
+            self.cls_seq_relationship = dense(self.config, 2, ("embed", None),
+                                              "cls_seq_relationship", jnp.float32)
 
     def __call__(
         self,
@@ -347,24 +283,31 @@ class BertForPreTraining(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         padded_vocab: bool = False,
+        position_ids: Array | None = None,
+        segment_ids: Array | None = None,
+        cls_positions: Array | None = None,
     ) -> PreTrainingOutput:
         """`masked_positions` [B, P]: project only these positions onto the vocabulary.
         Nothing else reads the last layer's other rows, so it runs only at [CLS] and the
         masked positions (5.6% of bert-base's FLOPs at S=128, P=20; the same values), and
         encoder.last_hidden_state is [B, 1 + P, H]: [CLS], then the masked positions.
-        `padded_vocab`: MLM logits over the padded vocabulary (see BertMLMHead)."""
+        `padded_vocab`: MLM logits over the padded vocabulary (see BertMLMHead).
+        Packed rows: `position_ids`, `segment_ids`, `cls_positions` [B, K] as BertModel;
+        the NSP logits are per example, [B, K, 2], and the last layer's rows [B, K + P, H]."""
         positions = None
         if masked_positions is not None:
-            cls = jnp.zeros_like(masked_positions[:, :1])
+            cls = (jnp.zeros_like(masked_positions[:, :1]) if cls_positions is None
+                   else jnp.maximum(cls_positions, 0).astype(masked_positions.dtype))
             positions = jnp.concatenate([cls, masked_positions], axis=1)
-        enc = self.bert(input_ids, attention_mask, token_type_ids,
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
                         deterministic=deterministic,
                         output_hidden_states=output_hidden_states,
                         output_attentions=output_attentions,
-                        last_layer_positions=positions)
+                        last_layer_positions=positions,
+                        segment_ids=segment_ids, cls_positions=cls_positions)
         x = enc.last_hidden_state
         if masked_positions is not None:
-            x = x[:, 1:]
+            x = x[:, positions.shape[1] - masked_positions.shape[1]:]
         mlm_logits = self.cls_predictions(x, self.bert, padded_vocab)
         nsp_logits = None
         if self.nsp:
@@ -379,13 +322,22 @@ class BertForSequenceClassification(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-                 token_type_ids: Array | None = None, *, deterministic: bool = True) -> Array:
+                 token_type_ids: Array | None = None, *, deterministic: bool = True,
+                 position_ids: Array | None = None, segment_ids: Array | None = None,
+                 cls_positions: Array | None = None) -> Array:
+        """Logits [B, num_labels]; for packed rows (`position_ids`, `segment_ids`,
+        `cls_positions` [B, K] as BertModel) one per example, [B, K, num_labels], with
+        the last layer run only at the K [CLS] positions (nothing else reads it)."""
         cfg = self.config
+        sparse = None if cls_positions is None else jnp.maximum(cls_positions, 0)
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids,
-                                          deterministic=deterministic)
+                                          position_ids, deterministic=deterministic,
+                                          last_layer_positions=sparse,
+                                          segment_ids=segment_ids,
+                                          cls_positions=cls_positions)
         x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
             enc.pooler_output, deterministic=deterministic)
-        return _dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
+        return dense(cfg, cfg.num_labels, ("embed", None), "classifier", jnp.float32)(x)
 
 
 # ---- parameters -------------------------------------------------------------------------

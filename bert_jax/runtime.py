@@ -1,6 +1,7 @@
 """Process-wide JAX settings from a config's `runtime` section, applied before JAX starts.
 
     runtime.configure(config.runtime)   # first thing in a run, before any jax.devices()
+    runtime.enable_compilation_cache()  # commands without a runtime section (glue, embed...)
 
 - XLA and libtpu flags (`xla_flags`, `libtpu_flags`): appended to the XLA_FLAGS and
   LIBTPU_INIT_ARGS environment variables, which the backend reads once, when it starts;
@@ -11,6 +12,10 @@
   restarted or resumed run loads its programs instead of compiling them again (tens of
   seconds per mesh on a CPU, minutes on a pod). It may be any path jax's file layer
   reads, gs:// included; `--config.runtime.compilation_cache=False` turns it off.
+  `bert-jax glue`, `predict`, `fill-mask`, `embed`, `nsp` and `attention` turn it on too
+  (`enable_compilation_cache`), so a sweep run again, or a rerun of an inference command,
+  compiles nothing; JAX_ENABLE_COMPILATION_CACHE=false (jax's own switch) turns it off
+  for every command.
 """
 
 from __future__ import annotations
@@ -55,9 +60,24 @@ def configure(runtime: ml_collections.ConfigDict) -> None:
         for name, value in flags.items():
             _append_env(name, value)
     if runtime.get("compilation_cache", True):
-        directory = runtime.get("cache_dir", "") or default_cache_dir()
-        jax.config.update("jax_compilation_cache_dir", directory)
-        # Cache every program, however quick to compile: a restart then compiles nothing.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-        log.info("compilation cache: %s", directory)
+        directory = enable_compilation_cache(runtime.get("cache_dir", ""))
+        log.info("compilation cache: %s", directory or "off (JAX_ENABLE_COMPILATION_CACHE)")
+
+
+def enable_compilation_cache(cache_dir: str = "") -> str | None:
+    """Stores every program this process compiles under `cache_dir` (default
+    `default_cache_dir()`) and loads it from there next time; returns the directory, or
+    None where JAX_ENABLE_COMPILATION_CACHE=false turned the cache off.
+
+    Call it before the first compilation you want cached (programs compiled earlier in
+    the process are not written). Process-wide, like every setting here: a library
+    function never calls it, a command or a script does.
+    """
+    if not jax.config.jax_enable_compilation_cache:
+        return None
+    directory = cache_dir or default_cache_dir()
+    jax.config.update("jax_compilation_cache_dir", directory)
+    # Cache every program, however quick to compile: a restart then compiles nothing.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return directory

@@ -183,3 +183,37 @@ def test_attention_json_plot_and_table(model_dir, capsys, tmp_path):
     expected = attentions[-1][0].mean(0).numpy()
     np.testing.assert_allclose([[float(x) for x in r.split()[1:]] for r in rows], expected,
                                atol=0.006)  # the table rounds to 2 decimals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ("fill-mask", "--top-k", "3", MULTI, SINGLE, "w2 w3 [MASK] w4 w5"),
+    ("embed", "--pooling", "mean", "w1 w2", "w3 w4 w5 w6", "w7"),
+    ("nsp", "--pair", "w1 w2", "w3", "--pair", "w4", "w5 w6 w7", "w8 ||| w9 w10"),
+])
+def test_packing_flag_gives_the_unpacked_output(model_dir, capsys, monkeypatch, argv):
+    from bert_jax.inference import Predictor
+
+    packed_calls = []
+    original = Predictor._packed_batches
+    monkeypatch.setattr(Predictor, "_packed_batches",
+                        lambda self, encoded: packed_calls.append(1) or original(self, encoded))
+    command, *rest = argv
+    outputs = []
+    for flag in ((), ("--packing",)):
+        outputs.append(json_lines(run(capsys, command, "--model", str(model_dir), "--json",
+                                      *rest, *flag)[1]))
+        assert len(packed_calls) == len(flag)  # the flag, and only it, packs
+    assert len(outputs[0]) == len(outputs[1]) == 3
+    for want, got in zip(*outputs):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if key in ("embedding", "is_next"):
+                np.testing.assert_allclose(got[key], value, atol=1e-5)
+            elif key == "masks":
+                for g, w in zip(got[key], value):
+                    assert [r["token_id"] for r in g] == [r["token_id"] for r in w]
+                    np.testing.assert_allclose([r["score"] for r in g],
+                                               [r["score"] for r in w], atol=1e-5)
+            else:
+                assert got[key] == value

@@ -164,6 +164,12 @@ def test_bucket_rules_by_hand():
     assert b.mask_slots(1, 16) == 8 and b.mask_slots(8, 32) == 8
     assert b.mask_slots(9, 32) == 32  # more [MASK]s than slots: every position
     assert b.max_compilations("fill_mask") == 3 * 3 * 2
+    assert b.pack_row_length(10) == 64  # pack_length 128, capped at the model's 64
+    wide = Buckets().for_model(512)
+    assert [wide.pack_row_length(n) for n in (10, 128, 129)] == [128, 128, 256]
+    assert [b.example_slots(n) for n in (1, 8, 9, 32)] == [8, 8, 32, 32]
+    assert b.max_compilations("embed", packing=True) == 3 * 3 * 2
+    assert b.max_compilations("fill_mask", packing=True) == 3 * 3 * 2 * 2
     capped = Buckets(max_tokens=2048)
     assert list(capped.chunks(20, length=128)) == [(8, 8), (8, 8), (4, 8)]  # 32 x 128 > 2048
     assert list(capped.chunks(20, length=64)) == [(20, 32)]
@@ -288,3 +294,59 @@ def test_bfloat16_compute_is_close_to_float32(predictor, params, tokenizer):
 def test_infer_head(params):
     assert [infer_head(params[h]) for h in ("pretraining", "mlm", "encoder")] == [
         "pretraining", "mlm", "encoder"]
+
+
+# ---- packing ----------------------------------------------------------------------------
+
+def packed_texts(seed: int = 0) -> list[str]:
+    """17 texts of 1..20 words (3..22 tokens), each with [MASK]s: several fit a row of 64."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 21, 17)
+    return [text(int(n), tuple(sorted({0, int(n) - 1, int(n) // 2})), seed + i)
+            for i, n in enumerate(lengths)]
+
+
+def test_packed_rows_hold_several_texts(predictor):
+    encoded = predictor._encode(packed_texts(), None, strict=True)
+    batches = list(predictor._batches(encoded, packed=True))
+    rows = [row for members, _ in batches for row in members if row]
+    assert sorted(m.example for row in rows for m in row) == list(range(17))
+    assert len(rows) < 17 / 2
+    for members, batch in batches:
+        assert batch["input_ids"].shape[1] == 64  # pack_length 128, cut to the model's 64
+        for row, examples in zip(batch["segment_ids"], members):
+            for m in examples:
+                n = len(encoded[m.example].ids)
+                assert (row[m.start:m.start + n] == m.slot + 1).all()
+
+
+@pytest.mark.slow
+def test_packed_embed_equals_unpacked_every_pooling(predictor):
+    texts = [t.replace("[MASK]", "w7") for t in packed_texts(1)]
+    for layer, pooling in ((-1, "cls"), (-1, "mean"), (1, "mean"), (-1, "tokens")):
+        want = predictor.embed(texts, layer=layer, pooling=pooling)
+        got = predictor.embed(texts, layer=layer, pooling=pooling, packing=True)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_nsp_equals_unpacked(predictor):
+    texts = [t.replace("[MASK]", "w9") for t in packed_texts(2)]
+    pairs = list(zip(texts, texts[1:] + texts[:1]))
+    want = predictor.nsp(pairs)
+    assert np.ptp(want) > 1e-3  # the pairs really differ
+    np.testing.assert_allclose(predictor.nsp(pairs, packing=True), want, atol=1e-5)
+
+
+def test_packed_fill_mask_equals_unpacked(predictor):
+    texts = packed_texts(3)
+    want = predictor.fill_mask(texts, top_k=3)
+    got = predictor.fill_mask(texts, top_k=3, packing=True)
+    for g, w in zip(got, want):
+        assert len(g) == len(w) >= 1
+        for gm, wm in zip(g, w):
+            assert [r["token_id"] for r in gm] == [r["token_id"] for r in wm]
+            np.testing.assert_allclose([r["score"] for r in gm], [r["score"] for r in wm],
+                                       atol=1e-5)

@@ -13,6 +13,11 @@ it prints the table (the summary with --json). `predict` takes a fine-tuned mode
 exported directory or a run kept with --config.save_checkpoint=True) and prints the label
 and probabilities (the score for STS-B) of each text or pair; --input reads a TSV file, one
 example a line (`A` or `A<TAB>B`).
+
+Both keep every compiled program in the persistent compilation cache (bert_jax/runtime.py;
+$BERT_JAX_CACHE, else ~/.cache/bert-jax/xla): a sweep run again, with more seeds or on the
+same model, and a repeated `predict` compile nothing. JAX_ENABLE_COMPILATION_CACHE=false
+turns it off.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_glue(args: argparse.Namespace) -> int:
-    from bert_jax import configlib, files
+    from bert_jax import configlib, files, runtime
     from bert_jax.glue import reports, sweep
 
     # Everything the command line says is checked before a model is loaded.
@@ -78,6 +83,7 @@ def run_glue(args: argparse.Namespace) -> int:
     files.check_writable_dir(args.workdir, "--workdir", create=False)
     config = configlib.load(args.config, args.config_overrides, like=DEFAULT_CONFIG)
     sweep.check_config(config)
+    runtime.enable_compilation_cache()
     summary = sweep.sweep(config, tasks, args.model, args.data_dir, args.workdir, lrs=lrs,
                                seeds=seeds, predict_test=args.predict_test, export=args.export,
                                progress=not args.no_progress)
@@ -117,12 +123,14 @@ def read_examples(args: argparse.Namespace, paired: bool) -> list[tuple[str, str
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from bert_jax import runtime
     from bert_jax.glue import classifier
     from bert_jax.glue.features import featurize
     from bert_jax.glue.tasks import Example
 
     if args.max_length < 3:  # before the model loads
         raise UserError(f"--max-length {args.max_length}: must be at least 3 ([CLS] x [SEP])")
+    runtime.enable_compilation_cache()
     task, model = classifier.load_classifier(args.model, args.task)
     paired = next(iter(task.layouts.values())).text_b is not None
     examples = read_examples(args, paired)

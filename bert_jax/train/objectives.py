@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bert_jax.packing import PACKED_INPUTS
+
 Batch = dict[str, jax.Array]
 
 
@@ -87,7 +89,11 @@ class PreTraining:
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-    """Sequence classification (cross-entropy) or, with one label, regression (MSE)."""
+    """Sequence classification (cross-entropy) or, with one label, regression (MSE).
+
+    A batch is padded rows ([B] labels), or packed rows (`packing.Packed.model_inputs()`
+    plus labels [B, K] from `Packed.per_slot`): then logits, labels and weights are per
+    example slot, and the empty slots weigh 0 (see `_example_weights`)."""
 
     model: nn.Module  # BertForSequenceClassification
 
@@ -107,7 +113,7 @@ class Classification:
         logits = self.predict(params, batch, rng, train)
         ew = _example_weights(batch)
         if self.regression:
-            err = logits[:, 0] - batch["labels"].astype(jnp.float32)
+            err = logits[..., 0] - batch["labels"].astype(jnp.float32)
             return {"loss": jnp.sum(jnp.square(err) * ew)}
         labels = batch["labels"]
         xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -116,14 +122,20 @@ class Classification:
 
     def predict(self, params: Any, batch: Batch, rng: jax.Array | None = None,
                 train: bool = False) -> jax.Array:
+        packed = {k: batch[k] for k in PACKED_INPUTS if k in batch}
         return self.model.apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"],
             batch["token_type_ids"], deterministic=not train,
-            rngs={"dropout": rng} if train else None)
+            rngs={"dropout": rng} if train else None, **packed)
 
 
 def _example_weights(batch: Batch) -> jax.Array:
-    """1 for a real example, 0 for a padding row of a ragged last eval batch."""
-    if "example_weight" in batch:
-        return batch["example_weight"].astype(jnp.float32)
-    return jnp.ones(batch["input_ids"].shape[:1], jnp.float32)
+    """1 for a real example, 0 for a padding row of a ragged last eval batch; packed rows
+    ([B, K]) also weigh 0 in an empty slot, and a per-row `example_weight` [B] applies
+    to every slot of its row."""
+    w = (batch["example_weight"].astype(jnp.float32) if "example_weight" in batch
+         else jnp.ones(batch["input_ids"].shape[:1], jnp.float32))
+    if "cls_positions" in batch:
+        filled = (batch["cls_positions"] >= 0).astype(jnp.float32)
+        w = filled * (w[:, None] if w.ndim == 1 else w)
+    return w
