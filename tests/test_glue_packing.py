@@ -90,8 +90,9 @@ def _programs(shape: str, total: int) -> programs_lib.Programs:
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_packed_steps_equal_padded_steps(shape):
     """At dropout 0, the first two packed steps have the padded steps' loss and gradient,
-    and leave the same parameters (fp32 rounding)."""
-    data = task_features(shape, 24, seed=3)
+    and leave the same parameters (fp32 rounding); their row counts (multiples of 3 at
+    batch 24) include a padding row, which must weigh nothing."""
+    data = task_features(shape, 48, seed=3)
     p = _programs(shape, total=2)
     params = jax.device_get(init_params(p.module, jax.random.key(0)))
 
@@ -102,7 +103,7 @@ def test_packed_steps_equal_padded_steps(shape):
     grad = jax.jit(jax.value_and_grad(loss))
     runs = {}
     for packing in (False, True):
-        batches = list(finetune.train_batches(data, glue_config(8, packing), 7, p.mesh))[:2]
+        batches = list(finetune.train_batches(data, glue_config(24, packing), 7, p.mesh))
         state = p.init_state(0, params=jax.tree.map(np.copy, params))
         steps = []
         for batch in batches:
@@ -111,7 +112,9 @@ def test_packed_steps_equal_padded_steps(shape):
             steps.append((value, grads, metrics["loss"]))
         runs[packing] = steps, jax.device_get(state.params), batches
     (plain, plain_params, plain_batches), (packs, pack_params, pack_batches) = runs[0], runs[1]
+    assert len(pack_batches) == len(plain_batches) == 2
     assert pack_batches[0]["input_ids"].size < plain_batches[0]["input_ids"].size / 2
+    assert all((b["example_weight"] == 0).any() for b in pack_batches)
     for (v0, g0, l0), (v1, g1, l1) in zip(plain, packs):
         np.testing.assert_allclose(v1, v0, rtol=1e-5)
         np.testing.assert_allclose(l1, l0, rtol=1e-5)  # the train step's own loss

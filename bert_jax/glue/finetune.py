@@ -12,7 +12,8 @@ and optionally predicts the test split. It writes into its own directory:
                  state (orbax) and the tokenizer, so the run directory is a usable model
                  (`classifier.load_run`, `export_run`, `bert-jax predict --model RUN_DIR`)
 The classifier head is initialised from the run's seed, so seeds differ in both
-initialisation and data order, as in the original.
+initialisation and data order, as in the original. With config.packing the same batches
+are packed, several examples a row, and so are dev and test (`glue/packed.py`).
 
 `features.load_task_data` reads and featurizes what a run needs; the sweep over learning
 rates and seeds lives in `sweep`, the summary in `reports`, a saved run's use in `classifier`.
