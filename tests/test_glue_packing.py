@@ -18,7 +18,8 @@ import pytest
 from test_model_packing import CFG, SHAPES, examples, padded
 
 from bert_jax import configlib, optim, sharding, weights
-from bert_jax.glue import classifier, finetune, packed
+from bert_jax.errors import UserError
+from bert_jax.glue import classifier, finetune, packed, sweep
 from bert_jax.model import build, init_params
 from bert_jax.train import objectives
 from bert_jax.train import programs as programs_lib
@@ -41,6 +42,11 @@ def glue_config(batch_size: int, packing: bool) -> ml_collections.ConfigDict:
     return configlib.load("configs/glue.py:default", [
         f"--config.batch_size={batch_size}", f"--config.packing={packing}",
         "--config.length_buckets=()", "--config.model.hidden_dropout_prob=0.0"])
+
+
+def test_packing_slots_must_be_positive():
+    with pytest.raises(UserError, match="packing_slots=0: must be greater than 0"):
+        sweep.check_config(configlib.load("configs/glue.py", ["--config.packing_slots=0"]))
 
 
 def test_row_multiple():
