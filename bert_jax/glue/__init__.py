@@ -7,6 +7,7 @@
 One module per job, in the order a run goes through them:
   tasks       the task registry (labels, metrics, files) and the TSV / `datasets` readers
   features    tokenising examples, a run's data, length-bucketed batches
+  packed      the same batches packed, several examples a row (--config.packing)
   finetune    one fine-tuning run (task, lr, seed) into its own directory
   metrics     the official metrics and the GLUE score
   classifier  a fine-tuned model: predictions, load / export / classify a saved run

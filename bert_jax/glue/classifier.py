@@ -1,7 +1,9 @@
 """A fine-tuned classifier: its predictions, and loading, exporting and using a saved one.
 
     task, model = classifier.load_classifier("runs/glue/RTE/lr2e-05_seed1")  # or an export
-    logits = classifier.classify(model, features.featurize(examples, model.tokenizer))
+    x = features.featurize(examples, model.tokenizer)
+    logits = classifier.classify(model, x)              # [N, num_labels]
+    logits = classifier.classify(model, x, packing=True)  # the same, several examples a row
     classifier.to_predictions(task, logits)           # label indices (scores for STS-B)
     classifier.export_run("runs/glue/RTE/lr2e-05_seed1", "export/RTE")  # HF safetensors
 
@@ -25,6 +27,7 @@ from bert_jax import files, sharding, weights
 from bert_jax import model as model_lib
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
+from bert_jax.glue import packed as packed_lib
 from bert_jax.glue.features import FEATURE_KEYS, batches
 from bert_jax.glue.tasks import TaskSpec, get_task
 from bert_jax.runs import RunDir
@@ -47,18 +50,31 @@ def make_predict(objective: objectives.Classification, param_shardings: Any, mes
 
 
 def predict_all(predict, params: Any, features: dict[str, np.ndarray], mesh: Any,
-                batch_size: int, buckets: tuple[int, ...] = ()) -> np.ndarray:
-    """Logits for every example, in order (padding rows dropped)."""
+                batch_size: int, buckets: tuple[int, ...] = (), *,
+                packing_slots: int = 0) -> np.ndarray:
+    """Logits for every example, in order (padding rows dropped): batches of
+    `batch_size` examples, each cut to a length bucket, or with `packing_slots` > 0 the
+    examples packed, at most that many a row (`glue/packed.py`), `batch_size` rows a
+    batch."""
     n = len(features["input_ids"])
+    if not n:
+        return np.zeros((0, 1))
     dp = sharding.data_parallel_size(mesh)
     size = int(math.ceil(batch_size / dp)) * dp
-    out = []
     inputs = {k: features[k] for k in FEATURE_KEYS}
-    for batch in batches(inputs, size, buckets=buckets):
+    if packing_slots:
+        packed = packed_lib.pack_features(inputs, packing_slots)
+        chunks = packed_lib.row_batches(packed, size,
+                                        multiple=packed_lib.row_multiple(size, dp))
+    else:
+        chunks = batches(inputs, size, buckets=buckets)
+    out = []
+    for batch in chunks:
         keep = batch.pop("example_weight") > 0
         logits = np.asarray(predict(params, sharding.global_batch(batch, mesh)))
         out.append(logits[keep])
-    return np.concatenate(out)[:n].astype(np.float32) if out else np.zeros((0, 1))
+    logits = np.concatenate(out)
+    return (packed.unpack(logits) if packing_slots else logits[:n]).astype(np.float32)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -146,11 +162,18 @@ def load_classifier(name_or_path: str | Path, task: str | None = None
 
 
 def classify(model: weights.Pretrained, features: dict[str, np.ndarray], *,
-             batch_size: int = 64, buckets: tuple[int, ...] = (32, 64, 128)) -> np.ndarray:
-    """Logits [N, num_labels] of a loaded classification model for featurized inputs."""
+             batch_size: int = 64, buckets: tuple[int, ...] = (32, 64, 128),
+             packing: bool = False, packing_slots: int = packed_lib.DEFAULT_SLOTS
+             ) -> np.ndarray:
+    """Logits [N, num_labels] of a loaded classification model for featurized inputs.
+
+    `packing`: several examples per row, at most `packing_slots` (`glue/packed.py`), in
+    batches of `batch_size` rows as long as the features; the same logits to float
+    rounding."""
     mesh = sharding.make_mesh((-1, 1, 1))
     predict = _classify_program(model.config, mesh)
-    return predict_all(predict, model.params, features, mesh, batch_size, buckets)
+    return predict_all(predict, model.params, features, mesh, batch_size, buckets,
+                       packing_slots=packing_slots if packing else 0)
 
 
 @functools.lru_cache(maxsize=4)

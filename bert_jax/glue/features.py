@@ -65,14 +65,9 @@ def batches(features: dict[str, np.ndarray], batch_size: int, *,
     compilation per bucket). A ragged last batch is padded with zero-weight rows
     (`example_weight`) unless dropped, so shapes stay in the known set.
     """
-    n = len(features["input_ids"])
-    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
     lengths = features["attention_mask"].sum(axis=1)
     full = features["input_ids"].shape[1]
-    for start in range(0, n, batch_size):
-        rows = order[start:start + batch_size]
-        if len(rows) < batch_size and drop_remainder:
-            return
+    for rows in batch_rows(len(lengths), batch_size, seed=seed, drop_remainder=drop_remainder):
         width = next((b for b in sorted(buckets) if b >= lengths[rows].max()), full)
         rows, weight = pad_rows(rows, batch_size)
         batch = {k: v[rows, :width] if k in FEATURE_KEYS else v[rows]
@@ -80,6 +75,18 @@ def batches(features: dict[str, np.ndarray], batch_size: int, *,
         batch["example_weight"] = weight
         yield batch
 
+
+def batch_rows(n: int, batch_size: int, *, seed: int | None = None,
+               drop_remainder: bool = False) -> Iterator[np.ndarray]:
+    """The example indices of each batch of `n` examples: a seeded random order (seed
+    given) or in order, cut into `batch_size` pieces (the last one shorter, or dropped).
+    `batches` and the packed batches (`glue/packed.py`) take their examples from here."""
+    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        if len(rows) < batch_size and drop_remainder:
+            return
+        yield rows
 
 
 def featurize(examples: Sequence[Example], tokenizer: Tokenizer,

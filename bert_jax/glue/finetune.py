@@ -12,7 +12,8 @@ and optionally predicts the test split. It writes into its own directory:
                  state (orbax) and the tokenizer, so the run directory is a usable model
                  (`classifier.load_run`, `export_run`, `bert-jax predict --model RUN_DIR`)
 The classifier head is initialised from the run's seed, so seeds differ in both
-initialisation and data order, as in the original.
+initialisation and data order, as in the original. With config.packing the same batches
+are packed, several examples a row, and so are dev and test (`glue/packed.py`).
 
 `features.load_task_data` reads and featurizes what a run needs; the sweep over learning
 rates and seeds lives in `sweep`, the summary in `reports`, a saved run's use in `classifier`.
@@ -24,6 +25,7 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from bert_jax import model as model_lib
 from bert_jax.config import BertConfig
 from bert_jax.errors import UserError
 from bert_jax.glue import metrics as glue_metrics
+from bert_jax.glue import packed
 from bert_jax.glue.classifier import make_predict, predict_all, to_predictions
 from bert_jax.glue.features import AX_KEY, FEATURE_KEYS, batches
 from bert_jax.glue.tasks import get_task
@@ -97,8 +100,7 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
                disable=not progress, leave=False, dynamic_ncols=True)
     epoch = 0
     while step < total:
-        for batch in batches(train, config.batch_size, buckets=tuple(config.length_buckets),
-                             seed=seed * 1000 + epoch, drop_remainder=True):
+        for batch in train_batches(train, config, seed * 1000 + epoch, mesh):
             state, metrics = train_step(state, sharding.global_batch(batch, mesh))
             losses.append(metrics["loss"])
             finite.append(metrics["finite"])
@@ -121,9 +123,11 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
         # The train step skips a non-finite update (keeps the old params): count them.
         "nonfinite_steps": int(total - np.sum(jax.device_get(finite)))}
     metrics: dict[str, float] = {}
+    slots = config.packing_slots if config.packing else 0  # evaluation packs as training
     for split in task.dev_splits:
         logits = predict_all(predict, state.params, data[split], mesh,
-                             config.eval_batch_size, tuple(config.length_buckets))
+                             config.eval_batch_size, tuple(config.length_buckets),
+                             packing_slots=slots)
         preds = to_predictions(task, logits)
         results[split] = glue_metrics.compute(task.name, preds, data[split]["labels"],
                                               split=split)
@@ -139,7 +143,8 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
         for name, split, key in targets:
             if key in data:
                 logits = predict_all(predict, state.params, data[key], mesh,
-                                     config.eval_batch_size, tuple(config.length_buckets))
+                                     config.eval_batch_size, tuple(config.length_buckets),
+                                     packing_slots=slots)
                 tests.append({"task": name, "split": split, "index": data[key]["guid"].tolist(),
                               "prediction": to_predictions(task, logits).tolist()})
         files.write_text_atomic(run.test_predictions, json.dumps(tests))
@@ -155,6 +160,18 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
     # Atomic: a finished run is never half-written (its presence marks the run done).
     files.write_json_atomic(run.results, results)
     return results
+
+
+def train_batches(train: dict[str, np.ndarray], config: ml_collections.ConfigDict, seed: int,
+                  mesh: Any) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of training batches of `config.batch_size` examples in `seed`'s order:
+    cut to length buckets, or packed with `config.packing` (`glue/packed.py`)."""
+    if config.packing:
+        multiple = packed.row_multiple(config.batch_size, sharding.data_parallel_size(mesh))
+        return packed.train_batches(train, config.batch_size, slots=config.packing_slots,
+                                    seed=seed, multiple=multiple)
+    return batches(train, config.batch_size, buckets=tuple(config.length_buckets), seed=seed,
+                   drop_remainder=True)
 
 
 @functools.lru_cache(maxsize=8)

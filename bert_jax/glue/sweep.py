@@ -103,7 +103,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """The sizes a sweep divides by or loops over: each must be positive (a batch size
     of 0 divided by zero; a negative one looped forever)."""
-    for field in ("batch_size", "eval_batch_size", "max_seq_length", "epochs", "log_every"):
+    for field in ("batch_size", "eval_batch_size", "max_seq_length", "epochs", "log_every",
+                  "packing_slots"):
         value = config.get(field)
         if value is not None and not value > 0:
             raise UserError(f"--config.{field}={value}: must be greater than 0")
