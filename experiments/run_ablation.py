@@ -19,7 +19,7 @@ import logging
 import sys
 
 from bert_jax import configlib
-from bert_jax.errors import UserError
+from bert_jax.errors import EXIT_RESUMABLE, Stopped, UserError
 from experiments import study as study_lib
 from experiments import variants
 
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as stopped:  # SIGTERM / Ctrl-C during a pre-training: it saved a step
+        print(f"stopped ({stopped}); rerun the same command to resume", file=sys.stderr)
+        return EXIT_RESUMABLE
     for row in rows:
         acc = [r["eval_mlm_accuracy"] for r in row["runs"].values()]
         print(f"{row['variant']:>16}  {len(acc)} seeds  mean held-out MLM acc "
