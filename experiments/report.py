@@ -1,12 +1,17 @@
-"""The study's results: one table (markdown + CSV) and two plots, read from the workdirs.
+"""The study's results: tables (markdown + CSV) and two plots, read from the run directories.
 
-Every number comes from a file under the study directory: the pre-training
-`metrics.jsonl` (last train record; curves), `<variant>/eval.json` (held-out MLM/NSP),
-`<variant>/glue/summary.json` (GLUE dev scores over seeds), and `state.json` (steps,
-wall-clock). Written to `results_dir`:
-  ablation.md, ablation.csv   a row per variant
-  curves.png                  pre-training curves of every variant, overlaid
-  glue.png                    GLUE dev score per task and variant, seed spread as error bars
+Every number comes from a file under the study directory: each run's (`<variant>/seed<k>`)
+pre-training `metrics.jsonl` (last train record, the pair-task accuracy of the last
+periodic evaluation, curves), `eval.json` (held-out MLM on the reference set),
+`glue/summary.json` (dev score per task: the mean over the fine-tuning seeds), and
+`state.json` (steps, wall-clock, the frequent-token baseline). The pre-training seed is
+the unit: each metric gets a mean and 95% t interval over seeds, and each variant a
+test against the base variant (experiments/stats.py). Written to `results_dir`:
+  ablation.md    the summary table, the verdicts, the baseline, how to read them
+  ablation.csv   one row per run (variant, seed): the raw numbers behind the summary
+  curves.png     held-out and train MLM loss and held-out MLM accuracy against step:
+                 mean over seeds, the band its 95% t interval
+  glue.png       dev score per task and variant: mean, 95% interval, the seeds as dots
 """
 
 from __future__ import annotations
@@ -14,13 +19,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bert_jax import files
 from bert_jax.train.writer import read_metrics
-from experiments import variants
+from experiments import stats, variants
+
+PAIR_METRICS = ("next_sentence_accuracy", "sentence_order_accuracy")
+# (key in a run, label, higher is better, scale for display)
+MLM_METRICS = [("eval_mlm_loss", "held-out MLM loss", False, 1.0),
+               ("eval_mlm_accuracy", "MLM acc %", True, 100.0)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -32,114 +43,183 @@ def glue_tasks(summary: dict[str, Any]) -> dict[str, Any]:
     return summary.get("tasks", summary) if isinstance(summary.get("tasks"), dict) else summary
 
 
-def collect(study_dir: Path, names: list[str], state: Any) -> list[dict[str, Any]]:
-    """One dict per variant: what the table shows, and where it came from."""
+def _run(study_dir: Path, run: str, state: Any) -> dict[str, Any] | None:
+    """One finished run's numbers, or None before its held-out evaluation."""
+    if not state.done(f"eval/{run}"):
+        return None
+    workdir = study_dir / run / "pretrain"
+    train = read_metrics(workdir, "train")
+    evals = read_metrics(workdir, "eval")
+    pair = next((evals[-1][k] for k in PAIR_METRICS if evals and k in evals[-1]), None)
+    ev = _read_json(study_dir / run / "eval.json")
+    summary = _read_json(study_dir / run / "glue" / "summary.json")
+    return {
+        "steps": state.result(f"pretrain/{run}")["steps"],
+        "train_mlm_loss": train[-1].get("masked_lm_loss") if train else None,
+        "eval_mlm_loss": ev.get("masked_lm_loss"),
+        "eval_mlm_accuracy": ev.get("masked_lm_accuracy"),
+        "pair_accuracy": pair,
+        "glue": {task: s["mean"] for task, s in glue_tasks(summary).items()},
+        "glue_metric": {task: s["main_metric"] for task, s in glue_tasks(summary).items()},
+        "pretrain_minutes": state.seconds(f"pretrain/{run}") / 60,
+        "glue_minutes": state.seconds(f"glue/{run}") / 60,
+        "workdir": str(workdir),
+    }
+
+
+def collect(study_dir: Path, names: list[str], seeds: list[int], state: Any
+            ) -> list[dict[str, Any]]:
+    """One dict per variant: `runs` {seed: numbers} of its finished runs."""
     rows = []
     for name in names:
-        workdir = study_dir / name / "pretrain"
-        train = read_metrics(workdir, "train")
-        last = train[-1] if train else {}
-        ev = _read_json(study_dir / name / "eval.json")
-        summary = _read_json(study_dir / name / "glue" / "summary.json")
-        glue = {task: {"metric": s["main_metric"], "mean": s["mean"], "std": s["std"],
-                       "n": s["n_seeds"],
-                       "values": [r["main_metric"] for r in s.get("runs", [])
-                                  if r.get("lr") == s.get("best_lr")]}
-                for task, s in glue_tasks(summary).items()}
-        done = state.done(f"pretrain/{name}")
-        rows.append({
-            "variant": name,
-            "overrides": variants.describe(name),
-            "steps": state.result(f"pretrain/{name}")["steps"] if done else last.get("step"),
-            "train_loss": last.get("loss"),
-            "train_mlm_loss": last.get("masked_lm_loss"),
-            "eval_mlm_loss": ev.get("masked_lm_loss"),
-            "eval_mlm_accuracy": ev.get("masked_lm_accuracy"),
-            "eval_nsp_accuracy": ev.get("next_sentence_accuracy"),
-            "glue": glue,
-            "glue_average": (sum(g["mean"] for g in glue.values()) / len(glue)
-                             if glue else None),
-            "pretrain_minutes": state.seconds(f"pretrain/{name}") / 60,
-            "glue_minutes": state.seconds(f"glue/{name}") / 60,
-            "workdir": str(workdir),
-        })
+        runs = {}
+        for seed in seeds:
+            r = _run(study_dir, f"{name}/seed{seed}", state)
+            if r is not None:
+                runs[seed] = r
+        rows.append({"variant": name, "overrides": variants.describe(name), "runs": runs})
     return rows
 
 
-def _tasks(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def tasks_of(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(task, main metric) in first-seen order."""
     seen: dict[str, str] = {}
     for row in rows:
-        for task, g in row["glue"].items():
-            seen.setdefault(task, g["metric"])
+        for r in row["runs"].values():
+            for task, metric in r["glue_metric"].items():
+                seen.setdefault(task, metric)
     return list(seen.items())
 
 
-def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def values(row: dict[str, Any], key: str, task: str | None = None) -> dict[int, float]:
+    """{seed: value} of a metric (or of a task's score) over a variant's runs."""
+    out = {}
+    for seed, r in row["runs"].items():
+        v = r["glue"].get(task) if task else r.get(key)
+        if v is not None:
+            out[seed] = float(v)
+    return out
+
+
+def compare(row: dict[str, Any], base: dict[str, Any], key: str, higher_is_better: bool,
+            task: str | None = None) -> dict[str, Any]:
+    """The variant against the base on one metric: difference of means, Welch p, the
+    paired sign-flip p over their common seeds, the verdict."""
+    x, y = values(row, key, task), values(base, key, task)
+    common = sorted(x.keys() & y.keys())
+    test = stats.welch(list(x.values()), list(y.values())) if x and y else None
+    return {"diff": test.diff if test else math.nan, "p": test.p if test else math.nan,
+            "p_sign_flip": stats.sign_flip([x[s] - y[s] for s in common]),
+            "verdict": stats.verdict(list(x.values()), list(y.values()),
+                                     higher_is_better=higher_is_better) if x and y else "–"}
+
+
+def _metrics(tasks: list[tuple[str, str]]) -> list[tuple[str, str | None, str, bool, float]]:
+    """(key, task, label, higher is better, display scale) of every compared metric."""
+    return ([(k, None, label, hib, scale) for k, label, hib, scale in MLM_METRICS]
+            + [("glue", t, f"{t} {m}", True, 1.0) for t, m in tasks])
+
+
+def _digits(task: str | None, scale: float) -> int:
+    """3 decimals for a loss, 1 for percentages and task scores."""
+    return 3 if task is None and scale == 1.0 else 1
+
+
+def _cell(xs: dict[int, float], scale: float, digits: int) -> str:
+    if not xs:
         return "–"
-    return f"{value * scale:.{digits}f}"
+    mean, lo, hi = stats.interval(list(xs.values()))
+    if math.isnan(lo):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
 
 
-def write(rows: list[dict[str, Any]], results_dir: Path, study_dir: Path) -> None:
+def write(rows: list[dict[str, Any]], results_dir: Path, study_dir: Path, state: Any) -> None:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    tasks = _tasks(rows)
+    tasks = tasks_of(rows)
+    baseline = state.result("baseline") if state.done("baseline") else None
     write_csv(rows, tasks, results_dir / "ablation.csv")
-    write_markdown(rows, tasks, results_dir / "ablation.md", study_dir)
-    plot_curves(rows, results_dir / "curves.png")
+    write_markdown(rows, tasks, baseline, results_dir / "ablation.md", study_dir)
+    plot_curves(rows, results_dir / "curves.png", baseline)
     if tasks:
         plot_glue(rows, tasks, results_dir / "glue.png")
 
 
 def write_csv(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Path) -> None:
-    head = ["variant", "overrides", "steps", "train_loss", "train_mlm_loss", "eval_mlm_loss",
-            "eval_mlm_accuracy", "eval_nsp_accuracy"]
-    for task, metric in tasks:
-        name = re.sub(r"[^A-Za-z0-9]+", "_", metric).strip("_")  # mean(f1,accuracy) -> ...
-        head += [f"{task}_{name}_mean", f"{task}_{name}_std", f"{task}_seeds"]
-    head += ["glue_average", "pretrain_minutes", "glue_minutes", "workdir"]
+    head = ["variant", "seed", "steps", "train_mlm_loss", "eval_mlm_loss", "eval_mlm_accuracy",
+            "pair_accuracy", *[t for t, _ in tasks], "pretrain_minutes", "glue_minutes",
+            "workdir"]
     with files.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(head)
-        for r in rows:
-            line = [r[k] for k in head[:8]]
-            for task, _ in tasks:
-                g = r["glue"].get(task, {})
-                line += [g.get("mean"), g.get("std"), g.get("n")]
-            line += [r["glue_average"], round(r["pretrain_minutes"], 2),
-                     round(r["glue_minutes"], 2), r["workdir"]]
-            out.writerow(["" if v is None else v for v in line])
+        for row in rows:
+            for seed, r in sorted(row["runs"].items()):
+                line = [row["variant"], seed, *[r[k] for k in head[2:7]],
+                        *[r["glue"].get(t) for t, _ in tasks],
+                        round(r["pretrain_minutes"], 2), round(r["glue_minutes"], 2),
+                        r["workdir"]]
+                out.writerow(["" if v is None else v for v in line])
 
 
-def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Path,
-                   study_dir: Path) -> None:
-    head = ["variant", "overrides", "steps", "train MLM loss", "held-out MLM loss",
-            "MLM acc %", "NSP acc %"]
-    head += [f"{task} {metric}" for task, metric in tasks]
-    head += ["GLUE avg", "pre-train min", "GLUE min"]
+def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
+                   baseline: dict[str, Any] | None, path: Path, study_dir: Path) -> None:
+    metrics = _metrics(tasks)
+    head = ["variant", "overrides", "steps", "seeds", *[m[2] for m in metrics],
+            "pair acc %", "pre-train min/run", "GLUE min/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["variant"], f"`{r['overrides']}`", str(r["steps"] or "–"),
-                 _fmt(r["train_mlm_loss"], digits=3), _fmt(r["eval_mlm_loss"], digits=3),
-                 _fmt(r["eval_mlm_accuracy"], 100), _fmt(r["eval_nsp_accuracy"], 100)]
-        for task, _ in tasks:
-            g = r["glue"].get(task)
-            cells.append(f"{g['mean']:.1f} ± {g['std']:.1f}" if g else "–")
-        cells += [_fmt(r["glue_average"]), _fmt(r["pretrain_minutes"]),
-                  _fmt(r["glue_minutes"])]
+    for row in rows:
+        runs = row["runs"].values()
+        steps = sorted({r["steps"] for r in runs})
+        cells = [row["variant"], f"`{row['overrides']}`",
+                 "/".join(map(str, steps)) or "–", str(len(row["runs"]))]
+        for key, task, _, _, scale in metrics:
+            cells.append(_cell(values(row, key, task), scale, _digits(task, scale)))
+        cells.append(_cell(values(row, "pair_accuracy"), 100.0, 1))
+        for k in ("pretrain_minutes", "glue_minutes"):
+            cells.append(f"{np.mean([r[k] for r in runs]):.1f}" if runs else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = sorted({g["n"] for r in rows for g in r["glue"].values()})
-    notes = [
+
+    base = next((r for r in rows if r["variant"] == variants.BASELINE), None)
+    verdicts = []
+    if base is not None:
+        verdicts = [f"Against `{variants.BASELINE}` (Welch's t-test over pre-training seeds, "
+                    f"two-sided, α = {stats.ALPHA}, per comparison; Δ = variant − "
+                    f"{variants.BASELINE}; p_flip: exact paired sign-flip test over common "
+                    "seeds, shown for reference: with n seeds it cannot go below 2/2^n):", "",
+                    "| variant | " + " | ".join(m[2] for m in metrics) + " |",
+                    "|" + "---|" * (len(metrics) + 1)]
+        for row in rows:
+            if row is base:
+                continue
+            cells = [row["variant"]]
+            for key, task, _, hib, scale in metrics:
+                c = compare(row, base, key, hib, task)
+                if c["verdict"] == "–":
+                    cells.append("–")
+                    continue
+                cells.append(f"**{c['verdict']}** (Δ {c['diff'] * scale:+.{_digits(task, scale)}f}"
+                             f", p {c['p']:.3f}, p_flip {c['p_sign_flip']:.2f})")
+            verdicts.append("| " + " | ".join(cells) + " |")
+    notes = [""]
+    if baseline:
+        notes.append(
+            f"Frequent-token baseline on the same held-out positions "
+            f"({baseline['eval_positions']:,}): always the commonest training token "
+            f"{baseline['accuracy'] * 100:.1f}% accuracy; the training unigram distribution "
+            f"{baseline['loss']:.3f} loss (nats).")
+    notes += [
         "",
-        "GLUE: dev-set score, mean ± std over "
-        f"{'/'.join(map(str, seeds)) or '–'} fine-tuning seeds. Held-out MLM/NSP: the "
-        "last checkpoint on the same held-out set for every variant (static 15% sub-word "
-        "masks); NSP accuracy on its pairs (– for a model without an NSP head). Train MLM "
-        "loss: on the variant's own training data, mean of the last logging window (the "
-        "CSV also has the whole objective, `train_loss`).",
-        f"Each row's files: `{study_dir}/<variant>/` (pretrain/config.json, "
-        "pretrain/metrics.jsonl, eval.json, glue/summary.json).",
+        "Cells: mean over pre-training seeds [95% t interval]. Held-out MLM: the last "
+        "checkpoint on one reference set for every variant (the base objective's held-out "
+        "data, static 15% sub-word masks). Tasks: dev score, for each seed the mean over "
+        "the fine-tuning seeds. Pair acc: NSP or SOP accuracy on the variant's own "
+        "held-out pairs at the last periodic evaluation (– without a pair head).",
+        "",
+        *verdicts,
+        "",
+        f"Each run's files: `{study_dir}/<variant>/seed<k>/` (pretrain/config.json, "
+        "pretrain/metrics.jsonl, eval.json, glue/summary.json); ablation.csv has every run.",
     ]
     files.write_text_atomic(path, "\n".join(lines + notes) + "\n")
 
@@ -151,62 +231,82 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i % 10) for i in range(n)]
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Train MLM loss and held-out MLM loss, MLM accuracy, NSP accuracy against step."""
+def seed_band(curves: list[list[dict[str, Any]]], key: str
+              ) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps present in every seed's curve, with the mean and 95% t interval over seeds
+    (the interval is the mean itself for one seed)."""
+    by_seed = [{r["step"]: r[key] for r in c if r.get(key) is not None} for c in curves]
+    steps = sorted(set.intersection(*(set(d) for d in by_seed))) if by_seed else []
+    mean, lo, hi = [], [], []
+    for s in steps:
+        m, a, b = stats.interval([d[s] for d in by_seed])
+        mean.append(m)
+        lo.append(m if math.isnan(a) else a)
+        hi.append(m if math.isnan(b) else b)
+    return steps, mean, lo, hi
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path,
+                baseline: dict[str, Any] | None = None) -> None:
+    """Held-out MLM loss, train MLM loss and held-out MLM accuracy against step: the mean
+    over seeds, the band its 95% t interval; the frequent-token baseline dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train", "masked_lm_loss", "train MLM loss"),
-              ("eval", "masked_lm_loss", "held-out MLM loss"),
-              ("eval", "masked_lm_accuracy", "held-out MLM accuracy"),
-              ("eval", "next_sentence_accuracy", "held-out NSP accuracy")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    panels = [("eval", "masked_lm_loss", "held-out MLM loss", "loss"),
+              ("train", "masked_lm_loss", "train MLM loss", "loss"),
+              ("eval", "masked_lm_accuracy", "held-out MLM accuracy", "accuracy")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for row, color in zip(rows, _colors(len(rows))):
-        for ax, (split, key, _) in zip(axes, panels):
-            records = [r for r in read_metrics(row["workdir"], split) if r.get(key) is not None]
-            if records:
-                ax.plot([r["step"] for r in records], [r[key] for r in records],
-                        label=row["variant"], color=color,
+        for ax, (split, key, _, _) in zip(axes, panels):
+            curves = [read_metrics(r["workdir"], split) for r in row["runs"].values()]
+            steps, mean, lo, hi = seed_band([c for c in curves if c], key)
+            if steps:
+                ax.plot(steps, mean, color=color, label=f"{row['variant']} (n={len(curves)})",
                         marker="o" if split == "eval" else None, markersize=3)
-    for ax, (_, _, title) in zip(axes, panels):
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
+    for ax, (_, _, title, kind) in zip(axes, panels):
+        if baseline:
+            ax.axhline(baseline[kind], color="k", linestyle="--", linewidth=1,
+                       label="frequent-token baseline")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
 def plot_glue(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Path) -> None:
-    """Grouped bars: a group per task, a bar per variant, error bars = std over seeds."""
+    """A panel per task: a bar per variant (mean over pre-training seeds), its 95% t
+    interval as the error bar, each seed's score as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(2.2 * len(tasks) + 2, 4))
-    for i, (row, color) in enumerate(zip(rows, _colors(len(rows)))):
-        means = [row["glue"].get(t, {}).get("mean", math.nan) for t, _ in tasks]
-        stds = [row["glue"].get(t, {}).get("std", 0.0) for t, _ in tasks]
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(tasks))]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=row["variant"], color=color,
-               alpha=0.8)
-        for x, (t, _) in zip(xs, tasks):  # the seeds themselves
-            values = row["glue"].get(t, {}).get("values", [])
-            ax.plot([x] * len(values), values, "k.", markersize=4)
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({m})" for t, m in tasks])
-    ax.set_ylabel("dev score (mean ± std over seeds)")
-    lows = [row["glue"][t]["mean"] - row["glue"][t]["std"] for row in rows
-            for t, _ in tasks if t in row["glue"]]
-    ax.set_ylim(max(0.0, min(lows, default=0.0) - 10), None)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False)
+    colors = _colors(len(rows))
+    for ax, (task, metric) in zip(axes[0], tasks):
+        for i, row in enumerate(rows):
+            xs = list(values(row, "glue", task).values())
+            if not xs:
+                continue
+            mean, lo, hi = stats.interval(xs)
+            err = [[0.0], [0.0]] if math.isnan(lo) else [[mean - lo], [hi - mean]]
+            ax.bar(i, mean, 0.7, yerr=err, capsize=3, color=colors[i], alpha=0.8)
+            ax.plot([i] * len(xs), xs, "k.", markersize=4)
+        ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=45,
+                      ha="right", fontsize=8)
+        ax.set_title(f"{task} ({metric})")
+        lows = [v for row in rows for v in values(row, "glue", task).values()]
+        ax.set_ylim(max(0.0, min(lows, default=0.0) - 5), None)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

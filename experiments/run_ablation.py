@@ -1,12 +1,12 @@
 r"""Runs (or resumes) an ablation study of the pre-training recipe.
 
-  python -m experiments.run_ablation --config experiments/ablation.py:small \
-      --study-dir runs/ablation --results experiments/results \
-      --variants mlm_nsp,mlm_only,dynamic_masking --steps 300
+  python -m experiments.run_ablation --config experiments/ablation.py:cpu \
+      --study-dir /work/study/ablation-cpu --results experiments/results
 
-Pre-trains every variant with the same seed and budget, scores it on held-out MLM/NSP,
-fine-tunes it on GLUE with `bert-jax glue`, and writes the table and plots to
---results. Rerun the same command after a kill: finished stages are skipped and an
+Pre-trains every variant once per pre-training seed with the same budget, scores it on
+held-out MLM, fine-tunes it on GLUE with `bert-jax glue`, and writes the tables (means,
+95% intervals, tests against mlm_nsp) and plots to <study-dir>/results after each seed
+and to --results at the end. Rerun the same command after a kill: finished stages are skipped and an
 unfinished pre-training resumes from its checkpoint. Any study field can be overridden
 with --config.FIELD=VALUE (e.g. --config.glue.seeds=(1,2,3,4,5)); see
 experiments/ablation.py for the fields and experiments/variants.py for the variants.
@@ -19,7 +19,7 @@ import logging
 import sys
 
 from bert_jax import configlib
-from bert_jax.errors import UserError
+from bert_jax.errors import EXIT_RESUMABLE, Stopped, UserError
 from experiments import study as study_lib
 from experiments import variants
 
@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m experiments.run_ablation", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="experiments/ablation.py:small",
+    p.add_argument("--config", default="experiments/ablation.py:cpu",
                    help="study config, FILE[:ARG]")
     p.add_argument("--study-dir", required=True,
                    help="where data, runs and state.json go (outside the repo or in runs/)")
@@ -68,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as stopped:  # SIGTERM / Ctrl-C during a pre-training: it saved a step
+        print(f"stopped ({stopped}); rerun the same command to resume", file=sys.stderr)
+        return EXIT_RESUMABLE
     for row in rows:
-        print(f"{row['variant']:>16}  MLM acc {row['eval_mlm_accuracy'] or 0:.4f}  "
-              f"GLUE avg {row['glue_average'] or float('nan'):.1f}")
+        acc = [r["eval_mlm_accuracy"] for r in row["runs"].values()]
+        print(f"{row['variant']:>16}  {len(acc)} seeds  mean held-out MLM acc "
+              f"{sum(acc) / max(len(acc), 1):.4f}")
     return 0
 
 

@@ -2,18 +2,24 @@
 
 The driver (experiments/study.py) only sequences and records them, so a test can pass
 a `Stages` of fakes that record their calls. The real ones:
-  make_data  create_pretraining_data over the corpus, for one DataSpec
-  calibrate  seconds per train step of a config (a short run), to turn minutes into steps
-  pretrain   bert_jax.train.pretrain.run (which resumes from the workdir's checkpoint)
-  evaluate   MLM (+ NSP) metrics of a workdir's last checkpoint on a held-out dataset
-  glue       the `bert-jax glue` command in a subprocess; returns its summary.json
+  make_vocab  the `bert-jax train-vocab` command over the pre-training text
+  make_data   create_pretraining_data over the corpus, for one DataSpec
+  baseline    the frequent-token MLM baseline on the held-out set (experiments/baseline.py)
+  calibrate   seconds per train step of a config (a short run), to turn minutes into steps
+  pretrain    bert_jax.train.pretrain.run (which resumes from the workdir's checkpoint);
+              for a config of 0 steps (random_init) the initial weights, saved at step 0
+  evaluate    `bert_jax.train.evaluate` (the `bert-jax evaluate` command's function): MLM
+              metrics of a workdir's last checkpoint on a held-out dataset
+  glue        the `bert-jax glue` command in a subprocess; returns its summary.json
+Commands run as `sys.executable -m bert_jax.cli` with this checkout first on PYTHONPATH,
+so a study runs the code it was started from, not another installed copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,6 +30,44 @@ import ml_collections
 
 from bert_jax.errors import UserError
 from experiments.datasets import DataSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def command(*args: str) -> list[str]:
+    """A bert-jax command line run by this interpreter."""
+    return [sys.executable, "-m", "bert_jax.cli", *args]
+
+
+def run_command(args: list[str], log: Path) -> None:
+    """Runs a command with this checkout first on PYTHONPATH, appending its output to
+    `log`; a failure raises UserError with the end of the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    path = os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        code = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise UserError(f"{' '.join(args[2:4])} failed (exit {code}); the end of {log}:\n{tail}")
+
+
+def make_vocab(study: ml_collections.ConfigDict, out_dir: Path) -> dict[str, Any]:
+    """`bert-jax train-vocab` on the pre-training text -> `out_dir/vocab.txt`."""
+    v = study.vocab
+    run_command(command("train-vocab", "--input", *study.corpus.train.split(","),
+                        "--output", str(out_dir), "--vocab-size", str(int(v.size)),
+                        "--min-frequency", str(int(v.min_frequency))),
+                out_dir / "train-vocab.log")
+    tokens = len((out_dir / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    if tokens > int(v.size) or tokens <= int(v.size) - 128:
+        # The model has vocab.size rows: fewer tokens than that (beyond the padding a
+        # vocab may have) means the text is too small for the size asked for.
+        raise UserError(f"train-vocab made {tokens} tokens for vocab.size={v.size}; "
+                        "lower --config.vocab.size")
+    return {"tokens": tokens}
 
 
 def make_data(spec: DataSpec, study: ml_collections.ConfigDict, out_dir: Path
@@ -38,7 +82,7 @@ def make_data(spec: DataSpec, study: ml_collections.ConfigDict, out_dir: Path
         files, str(out_dir), Tokenizer.from_vocab(study.pretrain.data.vocab),
         max_seq_length=spec.max_seq_length, max_predictions_per_seq=spec.max_predictions,
         masked_lm_prob=spec.masked_lm_prob or 0.15, whole_word_masking=bool(spec.whole_word),
-        masking=spec.masking, pair_objective="nsp" if spec.nsp else "none",
+        masking=spec.masking, pair_objective=spec.pair,
         dupe_factor=int(c.dupe_factor) if spec.split == "train" else 1,
         short_seq_prob=float(c.short_seq_prob), random_seed=int(c.seed),
         input_format=c.input_format, num_workers=int(c.workers), progress=False)
@@ -63,68 +107,77 @@ def calibrate(cfg: ml_collections.ConfigDict, workdir: Path) -> float:
 
 def pretrain(cfg: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> None:
     from bert_jax.train import pretrain as pretrain_lib
+    from experiments import variants
 
-    pretrain_lib.run(cfg, workdir, progress=progress)
+    if variants.pretrains(cfg):
+        pretrain_lib.run(cfg, workdir, progress=progress)
+    else:
+        save_initial(cfg, workdir)
+
+
+def save_initial(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A workdir whose checkpoint (step 0) holds `cfg`'s initial weights (seed
+    `cfg.seed`), as pre-training would start from them: what random_init fine-tunes."""
+    from bert_jax import checkpoint, configlib, heads, optim, sharding
+    from bert_jax import model as model_lib
+    from bert_jax.train import state as state_lib
+
+    module = model_lib.build(configlib.model_config(cfg.model),
+                             heads.objective(heads.config_objective(cfg)).head)
+    opt = cfg.optimizer.copy_and_resolve_references()
+    opt.warmup_steps = 0
+    optimizer, _ = optim.build(opt, 1)  # its state is saved, never used
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
+    state = state_lib.init_state(module, optimizer, mesh, int(cfg.seed),
+                                 rules=sharding.config_rules(cfg.mesh))
+    configlib.save(cfg, workdir)
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=1)
+    ckpt.save(0, state, {"phase": 0})
+    ckpt.close()
 
 
 def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float]:
-    """The pre-training metrics of `workdir`'s last checkpoint on `eval_dir` (static
-    masks), over its first `batches` batches (0: all of it)."""
-    from bert_jax import checkpoint, configlib, heads, optim, sharding
-    from bert_jax import model as model_lib
-    from bert_jax.data import PretrainingLoader
-    from bert_jax.train import pretrain as pretrain_lib
-    from bert_jax.train import state as state_lib
-    from bert_jax.train import step as step_lib
+    """The MLM metrics of `workdir`'s last checkpoint on `eval_dir` (its stored static
+    masks), over its first `batches` batches (0: all of it), by `bert-jax evaluate`'s
+    function. Only the MLM metrics: the reference set's pair task may not be the
+    variant's (an SOP head on NSP pairs scores nothing meaningful)."""
+    from bert_jax import checkpoint, configlib
+    from bert_jax.train.evaluate import evaluate as evaluate_model
 
     config = configlib.load_saved(workdir)
-    spec = heads.objective(heads.config_objective(config))
-    module = model_lib.build(configlib.model_config(config.model), spec.head)
-    params, step = checkpoint.restore_params(Path(workdir) / "checkpoints")
-    mesh = sharding.make_mesh(tuple(config.mesh.shape))
-    rules = sharding.config_rules(config.mesh)
-    optimizer, _ = optim.build(config.optimizer, int(config.train.total_steps))
-    eval_step = step_lib.jit_eval_step(
-        step_lib.make_eval_step(spec.make(module)),
-        state_lib.state_shardings(module, optimizer, mesh, rules).params, mesh, rules)
-    batch_size = int(config.train.batch_size)
-    n = PretrainingLoader(eval_dir, batch_size, shuffle=False, repeat=False,
-                          drop_remainder=False).num_examples
-    config.data.masking = "static"  # the reference masks, whatever the variant trained on
-    config.train.eval_batches = batches or math.ceil(n / batch_size)
-    phase = pretrain_lib.Phase(0, 0, 0, batch_size, "", str(eval_dir))
-    metrics = pretrain_lib.evaluate(config, eval_step, params, phase, mesh)
-    examples = min(n, int(config.train.eval_batches) * batch_size)
-    return {**metrics, "checkpoint_step": int(step), "examples": examples}
+    result = evaluate_model(str(workdir), str(eval_dir), batch_size=int(config.train.batch_size),
+                            max_batches=batches or None, progress=False)
+    _, step = checkpoint.restore_params(Path(workdir) / "checkpoints")
+    return {**{k: float(v) for k, v in result.items() if k.startswith("masked_lm_")},
+            "checkpoint_step": int(step), "examples": int(result["examples"])}
+
+
+def baseline(train_dir: Path, eval_dir: Path) -> dict[str, Any]:
+    from experiments.baseline import frequent_token_baseline
+
+    return frequent_token_baseline(train_dir, eval_dir)
 
 
 def glue_command(model_dir: Path, out_dir: Path, glue: ml_collections.ConfigDict) -> list[str]:
-    return [sys.executable, "-m", "bert_jax.cli", "glue", "--task", glue.tasks,
-            "--model", str(model_dir), "--data-dir", str(glue.data_dir),
-            "--workdir", str(out_dir), "--lrs", ",".join(f"{lr:g}" for lr in glue.lrs),
-            "--seeds", ",".join(str(s) for s in glue.seeds), *glue.overrides, "--json",
-            "--no-progress"]
+    return command("glue", "--task", glue.tasks, "--model", str(model_dir),
+                   "--data-dir", str(glue.data_dir), "--workdir", str(out_dir),
+                   "--lrs", ",".join(f"{lr:g}" for lr in glue.lrs),
+                   "--seeds", ",".join(str(s) for s in glue.seeds), *glue.overrides,
+                   "--json", "--no-progress")
 
 
 def glue(model_dir: Path, out_dir: Path, glue_cfg: ml_collections.ConfigDict
          ) -> dict[str, Any]:
     """Fine-tunes `model_dir` on the GLUE tasks (`bert-jax glue` skips finished runs);
     its output goes to `<out_dir>/glue.log`. Returns `<out_dir>/summary.json`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = out_dir / "glue.log"
-    command = glue_command(model_dir, out_dir, glue_cfg)
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(command) + "\n")
-        f.flush()
-        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise UserError(f"bert-jax glue failed (exit {code}); the end of {log}:\n{tail}")
+    run_command(glue_command(model_dir, out_dir, glue_cfg), out_dir / "glue.log")
     return json.loads((out_dir / "summary.json").read_text())
 
 
 @dataclasses.dataclass(frozen=True)
 class Stages:
+    make_vocab: Callable[[ml_collections.ConfigDict, Path], dict[str, Any]] = make_vocab
+    baseline: Callable[[Path, Path], dict[str, Any]] = baseline
     make_data: Callable[[DataSpec, ml_collections.ConfigDict, Path], dict[str, Any]] = make_data
     calibrate: Callable[[ml_collections.ConfigDict, Path], float] = calibrate
     pretrain: Callable[..., None] = pretrain

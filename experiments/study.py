@@ -1,21 +1,27 @@
-"""The study driver: data, pre-training, held-out evaluation, GLUE, report; resumable.
+"""The study driver: vocab, data, pre-training, held-out evaluation, GLUE, report; resumable.
 
-    run_study(study, "runs/ablation", ["mlm_nsp", "mlm_only"], "experiments/results")
+    run_study(study, "/work/study/ablation-cpu", ["mlm_nsp", "random_init"], "results")
 
 Stages, in order (the expensive ones come from a `Stages` bundle, experiments/stages.py):
+  vocab     if `vocab.size` > 0: a WordPiece vocab of the pre-training text, once
+            -> <study>/vocab/vocab.txt (every run's data and model use it)
+  data      each distinct dataset once -> <study>/data/<name>   (experiments/datasets.py)
+  baseline  the frequent-token MLM baseline on the reference held-out set
   budget    the step count: `budget.steps`, or `budget.minutes` turned into steps by
             timing the base variant once (remembered, so a rerun trains the same steps)
-  data      each distinct dataset once -> <study>/data/<name>   (experiments/datasets.py)
-  pretrain  each variant, same seed and steps -> <study>/<variant>/pretrain
-            (resolved config.json, metrics.jsonl, checkpoints)
-  eval      held-out MLM/NSP of the last checkpoint -> <study>/<variant>/eval.json
-  glue      `bert-jax glue` on the checkpoint -> <study>/<variant>/glue/summary.json
-  report    the table and plots (experiments/report.py), rewritten on every run
+then for each pre-training seed, for each variant (run `<variant>/seed<k>`):
+  pretrain  same steps for every variant, `config.seed` = k -> <study>/<run>/pretrain
+            (resolved config.json, metrics.jsonl, checkpoints; random_init: step 0)
+  eval      held-out MLM of the last checkpoint on the reference set -> <run>/eval.json
+  glue      `bert-jax glue` on the checkpoint -> <study>/<run>/glue/summary.json
+and after each seed the report (experiments/report.py) in <study>/results, at the end
+also in `results_dir`. Seed-major order: a study stopped early has whole seeds.
 <study>/state.json lists the finished stages (with their seconds and results) and is
 replaced atomically after each one; a rerun skips them. A pre-training cut short
 resumes from its last checkpoint (pretrain.run does that) and `bert-jax glue` skips
 its finished runs, so a killed study loses at most the work since the last save.
-<study>/study.json holds the study config; a rerun with different settings is refused.
+<study>/study.json holds the study config; a rerun with other settings is refused, but
+it may name more variants or more seeds.
 """
 
 from __future__ import annotations
@@ -80,12 +86,14 @@ class State:
 
 
 def _check_study_config(study: ml_collections.ConfigDict, study_dir: Path) -> None:
-    """Refuses to continue a study made with other settings (the variant list may grow)."""
+    """Refuses to continue a study made with other settings (variants and seeds may grow)."""
     path = study_dir / "study.json"
     current = json.loads(configlib.to_json(study))
     current.pop("variants", None)
+    current.pop("seeds", None)
     if path.exists():
         saved = json.loads(path.read_text())
+        saved.pop("seeds", None)
         changed = variants.diff(ml_collections.ConfigDict(saved),
                                 ml_collections.ConfigDict(current))
         if changed:
@@ -96,10 +104,25 @@ def _check_study_config(study: ml_collections.ConfigDict, study_dir: Path) -> No
         files.write_json_atomic(path, current)
 
 
+def run_name(name: str, seed: int) -> str:
+    """The directory (and stage suffix) of variant `name` pre-trained with `seed`."""
+    return f"{name}/seed{seed}"
+
+
+def with_vocab(study: ml_collections.ConfigDict, study_dir: Path) -> ml_collections.ConfigDict:
+    """The study with its own vocab (vocab.size > 0) as the data and model vocab."""
+    if int(study.vocab.size) <= 0:
+        return study
+    study = study.copy_and_resolve_references()
+    study.pretrain.data.vocab = str(study_dir / "vocab" / "vocab.txt")
+    return study
+
+
 def variant_config(study: ml_collections.ConfigDict, name: str, steps: int,
-                   study_dir: Path) -> ml_collections.ConfigDict:
-    """Variant `name`'s full pre-training config: overrides, budget, data paths."""
-    cfg = variants.resolve(study, name, steps)
+                   study_dir: Path, seed: int = 0) -> ml_collections.ConfigDict:
+    """Variant `name`'s full pre-training config for `seed`: overrides, budget, data."""
+    cfg = variants.resolve(with_vocab(study, study_dir), name, steps)
+    cfg.seed = int(seed)
     return datasets.attach(cfg, study, study_dir / "data")
 
 
@@ -109,51 +132,57 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     """Runs (or resumes) the study; returns the table's rows (see the module doc)."""
     stages = stages or Stages()
     study_dir = Path(study_dir)
-    results_dir = Path(results_dir) if results_dir else study_dir / "results"
+    seeds = [int(s) for s in study.seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--config.seeds={tuple(study.seeds)}: give distinct seeds")
     for name in names:
         variants.resolve(study, name, 1)  # unknown names fail before any work
     _check_study_config(study, study_dir)
     state = State(study_dir / "state.json")
+    if int(study.vocab.size) > 0:
+        state.run("vocab", lambda: stages.make_vocab(study, study_dir / "vocab"))
+    study = with_vocab(study, study_dir)
 
-    # Data: every dataset any variant needs, once. (Which ones depends on the step
-    # budget only through phase 2's start, so the nominal steps serve.)
+    # Data: every dataset any variant needs, once, and the reference held-out set.
+    # (Which ones depends on the step budget only through phase 2's start, so the
+    # nominal steps serve.)
     nominal = int(study.budget.steps)
+    base = variants.resolve(study, variants.BASELINE, nominal)
     needed = {spec.name: spec for name in names
               for spec in datasets.specs(variants.resolve(study, name, nominal), study).values()}
-    if float(study.budget.minutes) > 0 and variants.BASELINE not in names:
-        needed |= {s.name: s for s in datasets.specs(
-            variants.resolve(study, variants.BASELINE, nominal), study).values()}
+    base_specs = datasets.specs(base, study)
+    needed |= {s.name: s for s in base_specs.values()}
     for key, spec in sorted(needed.items()):
         state.run(f"data/{key}",
                   lambda spec=spec: stages.make_data(spec, study, study_dir / "data" / spec.name))
+    reference = study_dir / "data" / datasets.reference(study).name
+    state.run("baseline", lambda: stages.baseline(
+        study_dir / "data" / base_specs["train"].name, reference))
 
     steps = state.run("budget", lambda: _budget_steps(study, study_dir, stages))
 
-    for name in names:
-        cfg = variant_config(study, name, steps, study_dir)
-        workdir = study_dir / name / "pretrain"
-        _check_workdir(cfg, workdir)
-
-        def pretrain(cfg=cfg, workdir=workdir) -> dict[str, int]:
-            stages.pretrain(cfg, workdir, progress=progress)
-            return {"steps": steps}
-
-        state.run(f"pretrain/{name}", pretrain)
-
-    for name in names:
-        state.run(f"eval/{name}", lambda name=name: _evaluate(study, study_dir, name, steps,
-                                                               stages))
-
-    if glue:
+    for seed in seeds:
         for name in names:
-            state.run(f"glue/{name}", lambda name=name: sorted(report.glue_tasks(stages.glue(
-                study_dir / name / "pretrain", study_dir / name / "glue", study.glue))))
+            run = run_name(name, seed)
+            cfg = variant_config(study, name, steps, study_dir, seed)
+            workdir = study_dir / run / "pretrain"
+            _check_workdir(cfg, workdir)
 
-    rows = report.collect(study_dir, names, state)
-    report.write(rows, results_dir, study_dir)
+            def pretrain(cfg=cfg, workdir=workdir) -> dict[str, int]:
+                stages.pretrain(cfg, workdir, progress=progress)
+                return {"steps": int(cfg.train.total_steps)}
+
+            state.run(f"pretrain/{run}", pretrain)
+            state.run(f"eval/{run}", lambda run=run: _evaluate(
+                study, study_dir, run, reference, stages))
+            if glue:
+                state.run(f"glue/{run}", lambda run=run: sorted(report.glue_tasks(stages.glue(
+                    study_dir / run / "pretrain", study_dir / run / "glue", study.glue))))
+        rows = report.collect(study_dir, names, seeds, state)
+        report.write(rows, study_dir / "results", study_dir, state)
+    if results_dir is not None and Path(results_dir) != study_dir / "results":
+        report.write(rows, Path(results_dir), study_dir, state)
     return rows
-
-
 def _budget_steps(study: ml_collections.ConfigDict, study_dir: Path, stages: Stages) -> int:
     minutes = float(study.budget.minutes)
     if minutes <= 0:
@@ -177,11 +206,10 @@ def _check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
                             "; use a new --study-dir")
 
 
-def _evaluate(study: ml_collections.ConfigDict, study_dir: Path, name: str, steps: int,
+def _evaluate(study: ml_collections.ConfigDict, study_dir: Path, run: str, reference: Path,
               stages: Stages) -> dict[str, Any]:
-    cfg = variant_config(study, name, steps, study_dir)
-    workdir = study_dir / name / "pretrain"
-    metrics = stages.evaluate(workdir, Path(cfg.data.eval), int(study.eval.batches))
-    record = {"workdir": str(workdir), "eval_data": cfg.data.eval, **metrics}
-    files.write_json_atomic(study_dir / name / "eval.json", record)
+    workdir = study_dir / run / "pretrain"
+    metrics = stages.evaluate(workdir, reference, int(study.eval.batches))
+    record = {"workdir": str(workdir), "eval_data": str(reference), **metrics}
+    files.write_json_atomic(study_dir / run / "eval.json", record)
     return metrics

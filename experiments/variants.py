@@ -8,14 +8,21 @@ any budget. The base is the original objective at sequence length 128:
   mlm_nsp          MLM + NSP, static 15% sub-word masks, seq 128 only, BERT Adam (no bias
                    correction): the base itself, no overrides
   mlm_only         no NSP: no NSP head, data of single segments filling the length
+  mlm_sop          ALBERT's sentence-order prediction instead of NSP (pairs from one
+                   document, in or out of order)
   dynamic_masking  fresh masks each time an example is seen (RoBERTa), not fixed ones
   whole_word       all WordPieces of a chosen word are masked together
   mask_40          masking rate 40% instead of 15% (Wettig et al. 2022)
   two_phase        the paper's schedule: seq 128, then 512 for the last 10% of the steps
   adamw            AdamW with bias correction instead of BERT Adam
+  random_init      no pre-training (0 steps): the initial weights, fine-tuned the same way;
+                   the floor every objective must beat
+
+The data a variant needs follows from its objective (bert_jax/heads.py OBJECTIVES: the
+objective's pair task), not from any one field (experiments/datasets.py).
 
     cfg = resolve(study, "mlm_only", steps=300)   # the variant's pre-training config
-    diff(resolve(study, "mlm_nsp", 300), cfg)     # -> ["nsp"]
+    diff(resolve(study, "mlm_nsp", 300), cfg)     # -> ["objective"]
 
 Data paths are not set here: `datasets.attach` fills them from the data the variant's
 settings call for (experiments/datasets.py).
@@ -50,13 +57,21 @@ BASELINE = "mlm_nsp"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mlm_nsp": {},
-    "mlm_only": {"nsp": False},
+    "mlm_only": {"objective": "mlm"},
+    "mlm_sop": {"objective": "mlm_sop"},
     "dynamic_masking": {"data.masking": "dynamic"},
     "whole_word": {"data.whole_word_masking": True},
     "mask_40": {"data.masked_lm_prob": 0.4},
     "two_phase": {"train.phase2_start": of_total(0.9)},
     "adamw": {"optimizer.name": "adamw"},
+    "random_init": {"train.total_steps": 0},
 }
+
+
+def pretrains(cfg: ml_collections.ConfigDict) -> bool:
+    """False for a variant of no pre-training steps (random_init): its weights are the
+    initialisation, saved as a step-0 checkpoint."""
+    return int(cfg.train.total_steps) > 0
 
 
 def apply_budget(cfg: ml_collections.ConfigDict, budget: ml_collections.ConfigDict,
@@ -99,7 +114,7 @@ def diff(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> list[str
 
 
 def describe(name: str) -> str:
-    """A variant's overrides as one line, e.g. `nsp=False`; the base reads `(base)`."""
+    """A variant's overrides as one line, e.g. `objective=mlm`; the base reads `(base)`."""
     items = VARIANTS[name].items()
     parts = [f"{k}={f'{v.fraction:g}*total_steps' if isinstance(v, OfTotal) else v}"
              for k, v in items]

@@ -1,5 +1,6 @@
-"""The ablation study (experiments/): variants are exact config diffs, mlm_only has no NSP
-head and no NSP data, and the driver's bookkeeping resumes a killed study correctly."""
+"""The ablation study (experiments/): variants are exact config diffs, the data's pair task
+follows the objective, mlm_only has no NSP head and no NSP data, random_init is its
+seed's initialisation, and the driver's bookkeeping resumes a killed study correctly."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from experiments import datasets, stages, study, variants  # noqa: E402
 
 
 def small_study(**overrides) -> ml_collections.ConfigDict:
-    cfg = configlib.load("experiments/ablation.py:small")
+    cfg = configlib.load("experiments/ablation.py:cpu")
     configlib.apply_overrides(cfg, [f"{k}={v!r}" for k, v in overrides.items()])
     return cfg
 
@@ -37,18 +38,27 @@ def test_each_variant_differs_from_the_base_exactly_by_its_overrides(name):
 
 def test_base_is_the_original_objective_at_128():
     base = variants.resolve(small_study(), variants.BASELINE, 300)
-    assert base.nsp and base.data.masking == "static" and base.data.masked_lm_prob == 0.15
+    assert base.objective == "mlm_nsp" and base.nsp
+    assert base.data.masking == "static" and base.data.masked_lm_prob == 0.15
     assert not base.data.whole_word_masking and base.train.phase2_start == 0
     assert base.optimizer.name == "bert_adam"
-    assert base.train.total_steps == 300 and base.optimizer.warmup_steps == 30
+    assert base.train.total_steps == 300 and base.optimizer.warmup_steps == 18  # 6%
 
 
-def test_mlm_only_full_config_differs_in_nsp_and_its_data_only(tmp_path):
+def test_mlm_only_full_config_differs_in_objective_and_its_data_only(tmp_path):
     s = small_study()
     a = study.variant_config(s, "mlm_nsp", 300, tmp_path)
     b = study.variant_config(s, "mlm_only", 300, tmp_path)
-    assert variants.diff(a, b) == ["data.eval", "data.train", "nsp"]
+    assert variants.diff(a, b) == ["data.eval", "data.train", "objective"]
     assert Path(b.data.train).name == "train128-single-static-p15-sub-mp20"
+    assert a.data.vocab == str(tmp_path / "vocab" / "vocab.txt")  # the study's own vocab
+
+
+def test_seeds_set_the_run_seed_only(tmp_path):
+    s = small_study()
+    a = study.variant_config(s, "mlm_nsp", 300, tmp_path, seed=0)
+    b = study.variant_config(s, "mlm_nsp", 300, tmp_path, seed=2)
+    assert variants.diff(a, b) == ["seed"] and b.seed == 2
 
 
 def test_data_is_shared_unless_a_data_setting_differs():
@@ -57,10 +67,17 @@ def test_data_is_shared_unless_a_data_setting_differs():
              for v in variants.VARIANTS}
     base = names["mlm_nsp"]
     assert names["adamw"] == base  # an optimizer change reuses the data
-    for v in ("mlm_only", "dynamic_masking", "whole_word", "mask_40"):
+    assert names["random_init"] == base
+    for v in ("mlm_only", "mlm_sop", "dynamic_masking", "whole_word", "mask_40"):
         assert names[v]["train"] != base["train"], v
-    # Held-out data is the reference (static 15% sub-word) set for every variant with NSP.
-    assert {n["eval"] for v, n in names.items() if v != "mlm_only"} == {base["eval"]}
+    # The pair task comes from the objective (heads.OBJECTIVES), not from cfg.nsp.
+    assert names["mlm_sop"]["train"] == "train128-sop-static-p15-sub-mp20"
+    assert names["mlm_only"]["train"] == "train128-single-static-p15-sub-mp20"
+    # Held-out data: static 15% sub-word masks with the variant's pair task; the final
+    # score of every variant uses the base's (datasets.reference).
+    assert {n["eval"] for v, n in names.items() if v not in ("mlm_only", "mlm_sop")} == {
+        base["eval"]}
+    assert datasets.reference(s).name == base["eval"] == "eval128-nsp-static-p15-sub-mp20"
     assert names["mask_40"]["train"].endswith("p40-sub-mp52")  # room for 40% of 128
     assert names["two_phase"]["train_phase2"].startswith("train512-nsp-static-p15")
     assert variants.resolve(s, "two_phase", 300).train.phase2_start == 270
@@ -73,7 +90,7 @@ def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text("\n".join(text[:120]) + "\n")  # the first three articles
     s = small_study(**{"corpus.train": str(corpus), "corpus.eval": str(corpus),
-                       "pretrain.data.vocab": str(vocab)})
+                       "pretrain.data.vocab": str(vocab), "vocab.size": 0})
     s.pretrain.model = configlib.model_section("tiny", vocab_size=28996,
                                                max_position_embeddings=128)
     s.pretrain.train.batch_size = 4
@@ -124,63 +141,96 @@ class FakeStages:
         if self.kill_at is not None and len(self.calls) == self.kill_at:
             raise KilledError(key)
 
+    @staticmethod
+    def run_of(workdir: Path) -> str:
+        return f"{workdir.parent.parent.name}/{workdir.parent.name}"  # <variant>/seed<k>
+
+    def make_vocab(self, study_cfg, out_dir: Path) -> dict:
+        self._enter("vocab")
+        out_dir.mkdir(parents=True)
+        return {"tokens": 4096}
+
     def make_data(self, spec, study_cfg, out_dir: Path) -> dict:
         self._enter(f"data/{spec.name}")
         out_dir.mkdir(parents=True)
         return {"instances": 10}
+
+    def baseline(self, train_dir: Path, eval_dir: Path) -> dict:
+        self._enter("baseline")
+        assert train_dir.is_dir() and eval_dir.is_dir()
+        return {"accuracy": 0.04, "loss": 6.8, "token_id": 7, "train_positions": 100,
+                "eval_positions": 50}
 
     def calibrate(self, cfg, workdir: Path) -> float:
         self._enter("calibrate")
         return 0.5  # seconds per step: 1 minute = 120 steps
 
     def pretrain(self, cfg, workdir: Path, progress: bool = True) -> None:
-        self._enter(f"pretrain/{workdir.parent.name}")
+        self._enter(f"pretrain/{self.run_of(workdir)}")
         configlib.save(cfg, workdir)
         with open(workdir / "metrics.jsonl", "a") as f:
             for step in range(10, int(cfg.train.total_steps) + 1, 10):
                 f.write(json.dumps({"step": step, "split": "train", "loss": 10.0 - step / 100,
                                     "masked_lm_loss": 9.0 - step / 100}) + "\n")
-            f.write(json.dumps({"step": step, "split": "eval", "masked_lm_accuracy": 0.1}) + "\n")
+                f.write(json.dumps({"step": step, "split": "eval", "masked_lm_loss": 7.0,
+                                    "masked_lm_accuracy": 0.1 + cfg.seed / 100}) + "\n")
 
     def evaluate(self, workdir: Path, eval_dir: Path, batches: int) -> dict:
-        self._enter(f"eval/{workdir.parent.name}")
-        assert eval_dir.is_dir()
-        return {"masked_lm_accuracy": 0.25, "masked_lm_loss": 5.0}
+        self._enter(f"eval/{self.run_of(workdir)}")
+        assert eval_dir.name == "eval128-nsp-static-p15-sub-mp20"  # one reference set
+        seed = configlib.load_saved(workdir).seed
+        return {"masked_lm_accuracy": 0.25 + seed / 100, "masked_lm_loss": 5.0}
 
     def glue(self, model_dir: Path, out_dir: Path, glue_cfg) -> dict:
-        self._enter(f"glue/{model_dir.parent.name}")
+        self._enter(f"glue/{self.run_of(model_dir)}")
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks = {t: {"main_metric": "accuracy", "best_lr": 1e-4, "mean": 60.0, "std": 2.0,
-                     "best": 62.0, "n_seeds": 3, "runs": []} for t in glue_cfg.tasks.split(",")}
+                     "best": 62.0, "n_seeds": 1, "runs": []} for t in glue_cfg.tasks.split(",")}
         summary = {"tasks": tasks, "glue_score": None}
         (out_dir / "summary.json").write_text(json.dumps(summary))
         return summary
+
+    def stages(self) -> stages.Stages:
+        return stages.Stages(make_vocab=self.make_vocab, baseline=self.baseline,
+                             make_data=self.make_data, calibrate=self.calibrate,
+                             pretrain=self.pretrain, evaluate=self.evaluate, glue=self.glue)
 
 
 NAMES = ["mlm_nsp", "mlm_only"]
 
 
-def run_with(fake: FakeStages, study_dir: Path, **overrides) -> list[dict]:
-    s = small_study(**{"budget.minutes": 1.0, **overrides})
-    return study.run_study(s, study_dir, NAMES, study_dir / "results",
-                           stages=stages.Stages(fake.make_data, fake.calibrate, fake.pretrain,
-                                                fake.evaluate, fake.glue), progress=False)
+def run_with(fake: FakeStages, study_dir: Path, names=tuple(NAMES), **overrides) -> list[dict]:
+    s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1), **overrides})
+    return study.run_study(s, study_dir, list(names), study_dir / "results",
+                           stages=fake.stages(), progress=False)
 
 
 def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
     fake = FakeStages()
     rows = run_with(fake, tmp_path)
+    runs = [f"{stage}/{v}/seed{k}" for k in (0, 1) for v in NAMES
+            for stage in ("pretrain", "eval", "glue")]
     assert fake.calls == [
+        "vocab",
         "data/eval128-nsp-static-p15-sub-mp20", "data/eval128-single-static-p15-sub-mp20",
         "data/train128-nsp-static-p15-sub-mp20", "data/train128-single-static-p15-sub-mp20",
-        "calibrate", "pretrain/mlm_nsp", "pretrain/mlm_only", "eval/mlm_nsp", "eval/mlm_only",
-        "glue/mlm_nsp", "glue/mlm_only"]
-    assert [r["steps"] for r in rows] == [120, 120]  # 1 minute at 0.5 s/step
-    cfg = configlib.load_saved(tmp_path / "mlm_only" / "pretrain")
-    assert cfg.train.total_steps == 120 and cfg.nsp is False  # traceable resolved config
+        "baseline", "calibrate", *runs]
+    assert [sorted(r["runs"]) for r in rows] == [[0, 1], [0, 1]]
+    assert {r["steps"] for row in rows for r in row["runs"].values()} == {120}  # 1 min, 0.5 s
+    cfg = configlib.load_saved(tmp_path / "mlm_only" / "seed1" / "pretrain")
+    assert cfg.train.total_steps == 120 and cfg.objective == "mlm" and cfg.seed == 1
     fake_again = FakeStages()
     run_with(fake_again, tmp_path)
     assert fake_again.calls == []  # all finished: nothing is redone
+    more = FakeStages()  # a later session adds a seed and a variant: only their runs
+    run_with(more, tmp_path, names=(*NAMES, "random_init"), seeds=(0, 1, 2))
+    assert more.calls == [
+        "pretrain/random_init/seed0", "eval/random_init/seed0", "glue/random_init/seed0",
+        "pretrain/random_init/seed1", "eval/random_init/seed1", "glue/random_init/seed1",
+        *[f"{stage}/{v}/seed2" for v in (*NAMES, "random_init")
+          for stage in ("pretrain", "eval", "glue")]]
+    assert configlib.load_saved(tmp_path / "random_init" / "seed2" / "pretrain"
+                                ).train.total_steps == 0
 
 
 @pytest.mark.slow
@@ -201,10 +251,12 @@ def test_a_killed_study_resumes_without_redoing_finished_stages(tmp_path):
         assert first.calls[:-1] + second.calls == full.calls, k
         with open(study_dir / "results" / "ablation.csv") as f:
             table = list(csv.DictReader(f))
-        assert [r["variant"] for r in table] == NAMES
+        assert [(r["variant"], r["seed"]) for r in table] == [
+            ("mlm_nsp", "0"), ("mlm_nsp", "1"), ("mlm_only", "0"), ("mlm_only", "1")]
         for r in table:
-            assert r["eval_mlm_accuracy"] == "0.25" and r["steps"] == "120"
-            assert all(r[f"{t}_accuracy_mean"] == "60.0" for t in ("RTE", "MRPC", "SST-2"))
+            assert r["eval_mlm_accuracy"] == str(0.25 + int(r["seed"]) / 100)
+            assert r["steps"] == "120"
+            assert all(r[t] == "60.0" for t in ("SST-2", "MRPC", "STS-B"))
         assert len(rows) == 2
 
 
@@ -212,7 +264,11 @@ def test_report_files_and_changed_settings_are_refused(tmp_path):
     run_with(FakeStages(), tmp_path)
     results = tmp_path / "results"
     md = (results / "ablation.md").read_text()
-    assert "| mlm_only | `nsp=False` | 120 |" in md and "60.0 ± 2.0" in md
+    # two seeds: accuracy 25% and 26%, mean 25.5, t(1) interval 25.5 ± 12.706 * 0.5
+    assert ("| mlm_only | `objective=mlm` | 120 | 2 | 5.000 [5.000, 5.000] | 25.5 [19.1, 31.9] |"
+            in md)
+    assert "always the commonest training token 4.0% accuracy" in md
+    assert "| mlm_only | **not separable** (Δ +0.000" in md  # same numbers as mlm_nsp
     assert (results / "curves.png").stat().st_size > 0
     assert (results / "glue.png").stat().st_size > 0
     from bert_jax.errors import UserError
@@ -222,9 +278,10 @@ def test_report_files_and_changed_settings_are_refused(tmp_path):
 
 def test_glue_command_line():
     s = small_study()
-    cmd = stages.glue_command(Path("st/v/pretrain"), Path("st/v/glue"), s.glue)
-    assert cmd[1:] == ["-m", "bert_jax.cli", "glue", "--task", "RTE,MRPC,SST-2",
-                       "--model", "st/v/pretrain", "--data-dir", s.glue.data_dir,
-                       "--workdir", "st/v/glue", "--lrs", "0.0001", "--seeds", "1,2,3",
-                       "--config.train_limit=320", "--config.batch_size=16", "--json",
-                       "--no-progress"]
+    cmd = stages.glue_command(Path("st/v/seed0/pretrain"), Path("st/v/seed0/glue"), s.glue)
+    assert cmd[0] == sys.executable
+    assert cmd[1:] == ["-m", "bert_jax.cli", "glue", "--task", "SST-2,MRPC,STS-B",
+                       "--model", "st/v/seed0/pretrain", "--data-dir", s.glue.data_dir,
+                       "--workdir", "st/v/seed0/glue", "--lrs", "0.0001", "--seeds", "1",
+                       "--config.train_limit=6000", "--config.batch_size=32",
+                       "--config.epochs=3", "--json", "--no-progress"]
