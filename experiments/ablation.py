@@ -1,7 +1,7 @@
 r"""The ablation study config: one base pre-training config, the corpus, GLUE, a budget.
 
   python -m experiments.run_ablation --config experiments/ablation.py:cpu \
-      --study-dir /work/study/ablation-cpu --results experiments/results
+      --study-dir /work/study/ablation-cpu2 --results experiments/results
 
 Presets:
   cpu    the CPU study of experiments/README.md: a WordPiece vocab of 4,096 trained on
