@@ -1,7 +1,7 @@
 r"""The ablation study config: one base pre-training config, the corpus, GLUE, a budget.
 
   python -m experiments.run_ablation --config experiments/ablation.py:cpu \
-      --study-dir /work/study/ablation-cpu --results experiments/results
+      --study-dir /work/study/ablation-cpu2 --results experiments/results
 
 Presets:
   cpu    the CPU study of experiments/README.md: a WordPiece vocab of 4,096 trained on
@@ -110,7 +110,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         c.corpus.dupe_factor = 10
         c.eval.batches = 0  # all of valid: 3,167 sequences, 57,573 masked positions
         c.glue.tasks = "SST-2,MRPC,STS-B"
-        c.glue.lrs = (1e-4,)  # small models fine-tune best with a larger lr
+        # The lr is chosen per variant on dev (the GLUE way; a task's score is its best
+        # lr's mean): random_init needs 3e-4 (at 1e-4 it stays at SST-2's majority
+        # class with 1k labels), mlm_nsp prefers 1e-4 on STS-B; one fixed lr would
+        # favour one of them (experiments/README.md, separation pilot).
+        c.glue.lrs = (1e-4, 3e-4)
         c.glue.seeds = (1,)
         # SST-2: its first 6,000 sentences; MRPC (3,668) and STS-B (5,749) in full.
         c.glue.overrides = ("--config.train_limit=6000", "--config.batch_size=32",

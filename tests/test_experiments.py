@@ -282,6 +282,6 @@ def test_glue_command_line():
     assert cmd[0] == sys.executable
     assert cmd[1:] == ["-m", "bert_jax.cli", "glue", "--task", "SST-2,MRPC,STS-B",
                        "--model", "st/v/seed0/pretrain", "--data-dir", s.glue.data_dir,
-                       "--workdir", "st/v/seed0/glue", "--lrs", "0.0001", "--seeds", "1",
+                       "--workdir", "st/v/seed0/glue", "--lrs", "0.0001,0.0003", "--seeds", "1",
                        "--config.train_limit=6000", "--config.batch_size=32",
                        "--config.epochs=3", "--json", "--no-progress"]
