@@ -118,18 +118,17 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: Path, progress: bool = Tru
 def save_initial(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     """A workdir whose checkpoint (step 0) holds `cfg`'s initial weights (seed
     `cfg.seed`), as pre-training would start from them: what random_init fine-tunes."""
-    from bert_jax import checkpoint, configlib, heads, optim, sharding
-    from bert_jax import model as model_lib
-    from bert_jax.train import state as state_lib
+    from bert_jax import checkpoint, configlib, heads, optim
+    from bert_jax.train import programs
 
-    module = model_lib.build(configlib.model_config(cfg.model),
-                             heads.objective(heads.config_objective(cfg)).head)
+    spec = heads.objective(heads.config_objective(cfg))
     opt = cfg.optimizer.copy_and_resolve_references()
     opt.warmup_steps = 0
     optimizer, _ = optim.build(opt, 1)  # its state is saved, never used
-    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
-    state = state_lib.init_state(module, optimizer, mesh, int(cfg.seed),
-                                 rules=sharding.config_rules(cfg.mesh))
+    mesh, rules = programs.mesh_from_config(cfg.mesh)
+    # The program factory pre-training uses; nothing is compiled but the initialisation.
+    state = programs.build(configlib.model_config(cfg.model), spec.head, spec.make, optimizer,
+                           None, mesh, rules).init_state(int(cfg.seed))
     configlib.save(cfg, workdir)
     ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=1)
     ckpt.save(0, state, {"phase": 0})
