@@ -73,9 +73,6 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
     run_config.model = ml_collections.ConfigDict(dataclasses.asdict(mcfg))
     configlib.save(run_config, workdir)
 
-    module = model_lib.build(mcfg, "classification")
-    params = init_classifier(module, pretrained.params, seed)
-
     train = {k: v for k, v in data[task.train_split].items() if k in (*FEATURE_KEYS, "labels")}
     n_train = len(train["input_ids"])
     if n_train < config.batch_size:
@@ -91,7 +88,8 @@ def finetune(config: ml_collections.ConfigDict, task_name: str, pretrained: Any,
     programs, predict = _programs(mcfg, json.dumps(ocfg.to_dict(), sort_keys=True), total,
                                   mesh, rules)
     train_step, schedule = programs.train_step, programs.schedule
-    state = programs.init_state(seed, params=params)
+    state = programs.init_state(seed, params=init_classifier(programs.module,
+                                                             pretrained.params, seed))
 
     writer = MetricWriter(workdir, tensorboard=False)
     start = time.perf_counter()
