@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 
 from bert_jax.errors import UserError
+from bert_jax.runs import RunDir
 from experiments.datasets import DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +131,7 @@ def save_initial(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     state = programs.build(configlib.model_config(cfg.model), spec.head, spec.make, optimizer,
                            None, mesh, rules).init_state(int(cfg.seed))
     configlib.save(cfg, workdir)
-    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=1)
+    ckpt = checkpoint.Checkpointer(RunDir(workdir).checkpoints, keep=1)
     ckpt.save(0, state, {"phase": 0})
     ckpt.close()
 
@@ -146,7 +147,7 @@ def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float
     config = configlib.load_saved(workdir)
     result = evaluate_model(str(workdir), str(eval_dir), batch_size=int(config.train.batch_size),
                             max_batches=batches or None, progress=False)
-    _, step = checkpoint.restore_params(Path(workdir) / "checkpoints")
+    _, step = checkpoint.restore_params(RunDir(workdir).checkpoints)
     return {**{k: float(v) for k, v in result.items() if k.startswith("masked_lm_")},
             "checkpoint_step": int(step), "examples": int(result["examples"])}
 

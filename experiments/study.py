@@ -37,6 +37,7 @@ import ml_collections
 
 from bert_jax import configlib, files
 from bert_jax.errors import UserError
+from bert_jax.runs import RunDir
 from experiments import datasets, report, variants
 from experiments.stages import Stages
 
@@ -197,8 +198,7 @@ def _budget_steps(study: ml_collections.ConfigDict, study_dir: Path, stages: Sta
 
 def _check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     """A workdir from an earlier attempt must hold the same config (it will resume)."""
-    saved = workdir / "config.json"
-    if saved.exists():
+    if RunDir(workdir).config.exists():
         changed = variants.diff(configlib.load_saved(workdir),
                                 ml_collections.ConfigDict(json.loads(configlib.to_json(cfg))))
         if changed:
