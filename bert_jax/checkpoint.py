@@ -27,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bert_jax.errors import UserError
+from bert_jax.files import check_writable_dir
 from bert_jax.paths import as_path, is_local
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True) -> None:
         self.directory = as_path(directory)  # gs://... stays a URL
-        if is_local(directory) and self.directory.exists() and not self.directory.is_dir():
-            raise UserError(f"{self.directory} is a file: a checkpoint directory is needed")
+        if is_local(directory):
+            check_writable_dir(self.directory, "checkpoint directory", create=False)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

@@ -105,6 +105,11 @@ def config_objective(config: Any) -> str:
     return name
 
 
+def config_spec(config: Any) -> Objective:
+    """The registered objective a pre-training config names (see `config_objective`)."""
+    return objective(config_objective(config))
+
+
 def objective_for_data(head_name: str, pair: str) -> str:
     """The objective that scores a model with head `head_name` on data made with
     `--pair-objective pair`: its own pair task if it has that head, else MLM alone."""

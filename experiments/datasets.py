@@ -65,7 +65,7 @@ def specs(cfg: ml_collections.ConfigDict, study: ml_collections.ConfigDict
     """The datasets pre-training config `cfg` needs, by its data field (train, eval,
     and train_phase2/eval_phase2 when it has a second phase)."""
     d, corpus, ev = cfg.data, study.corpus, study.eval
-    pair = heads.objective(heads.config_objective(cfg)).pair
+    pair = heads.config_spec(cfg).pair
     masking = d.masking or "static"
     lengths = {"": int(corpus.max_seq_length)}
     if int(cfg.train.phase2_start) > 0:

@@ -100,7 +100,7 @@ def run_export(args: argparse.Namespace) -> int:
     weights.check_vocab_rows(tokenizer.vocab_size, model_config.vocab_size, config.data.vocab)
     ckpt_dir = run.checkpoints
     params, step = checkpoint.restore_params(ckpt_dir, args.step)
-    head = heads.objective(heads.config_objective(config)).head
+    head = heads.config_spec(config).head
     # Through the loader's checks: a config.json edited since the run (or from another
     # run) must not be written beside weights it does not describe.
     params, _ = weights.hf_to_flax(weights.flax_to_hf(params, vocab_size=model_config.vocab_size),

@@ -17,13 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import optax
 from tqdm import tqdm
 
 from bert_jax import heads, sharding, weights
-from bert_jax import model as model_lib
 from bert_jax.data import PretrainingLoader
 from bert_jax.data.create import vocab_facts
 from bert_jax.errors import UserError
+from bert_jax.train import programs
 from bert_jax.train import step as step_lib
 
 
@@ -39,18 +40,16 @@ def evaluate(model: str, data_dir: str, *, batch_size: int = 32,
     _check_vocab(loaded, loader, model, data_dir)
     name = heads.objective_for_data(loaded.head, loader.pair_objective)
     spec = heads.objective(name)
-    module = model_lib.build(loaded.config, spec.head)
-    shapes = model_lib.param_shapes(module)
-    # A pre-training model scored on data without pairs: the MLM head's params only.
-    params = {k: loaded.params[k] for k in shapes}
-
     mesh = sharding.make_mesh(mesh_shape)
     sharding.check_batch(batch_size, mesh)
-    param_shardings = sharding.logical_to_shardings(
-        model_lib.param_logical_axes(module), shapes, mesh)
-    params = jax.device_put(params, param_shardings)
-    eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(spec.make(module)),
-                                       param_shardings, mesh)
+    # The program factory pre-training uses; nothing trains, so no optimizer state (the
+    # train step it also makes is never called, hence never compiled).
+    programs_ = programs.build(loaded.config, spec.head, spec.make, optax.identity(), None,
+                               mesh)
+    param_shardings = programs_.state_shardings.params
+    # A pre-training model scored on data without pairs: the MLM head's params only.
+    params = jax.device_put({k: loaded.params[k] for k in param_shardings}, param_shardings)
+    eval_step = programs_.eval_step
     count = len(loader) if max_batches is None else min(len(loader), int(max_batches))
     batches = (loader.batch(0, i) for i in range(count))
     bar = tqdm(batches, total=count, desc="evaluate", unit="batch", dynamic_ncols=True,

@@ -133,7 +133,7 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: Path) -> dict[
             raise UserError(f"demo vocab has {tokenizer.vocab_size} tokens but the model "
                             f"{config.model.vocab_size}")
         # The objective's pair task; MLM alone reads any data, and gets the original pairs.
-        pair = heads.objective(heads.config_objective(config)).pair
+        pair = heads.config_spec(config).pair
         common = dict(max_seq_length=d.demo_max_seq_length,
                       max_predictions_per_seq=d.demo_max_predictions, progress=False,
                       pair_objective="nsp" if pair == "none" else pair)
@@ -239,7 +239,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str | Path, stop: Stop
     total = int(t.total_steps)
 
     mcfg = configlib.model_config(config.model)
-    spec = heads.objective(heads.config_objective(config))
+    spec = heads.config_spec(config)
     head = spec.head
     mesh, rules = programs_lib.mesh_from_config(config.mesh)
     sharding.check_host_batches(mesh)
