@@ -2,6 +2,7 @@
 
 The driver (experiments/study.py) only sequences and records them, so a test can pass
 a `Stages` of fakes that record their calls. The real ones:
+  make_corpus the study's pre-training text in <study>/corpus (experiments/corpus.py)
   make_vocab  the `bert-jax train-vocab` command over the pre-training text
   make_data   create_pretraining_data over the corpus, for one DataSpec
   baseline    the frequent-token MLM baseline on the held-out set (experiments/baseline.py)
@@ -30,6 +31,7 @@ import ml_collections
 
 from bert_jax.errors import UserError
 from bert_jax.runs import RunDir
+from experiments.corpus import make_corpus
 from experiments.datasets import DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +124,7 @@ def save_initial(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     from bert_jax import checkpoint, configlib, heads, optim
     from bert_jax.train import programs
 
-    spec = heads.objective(heads.config_objective(cfg))
+    spec = heads.config_spec(cfg)
     opt = cfg.optimizer.copy_and_resolve_references()
     opt.warmup_steps = 0
     optimizer, _ = optim.build(opt, 1)  # its state is saved, never used
@@ -176,6 +178,7 @@ def glue(model_dir: Path, out_dir: Path, glue_cfg: ml_collections.ConfigDict
 
 @dataclasses.dataclass(frozen=True)
 class Stages:
+    make_corpus: Callable[[ml_collections.ConfigDict, Path], dict[str, Any]] = make_corpus
     make_vocab: Callable[[ml_collections.ConfigDict, Path], dict[str, Any]] = make_vocab
     baseline: Callable[[Path, Path], dict[str, Any]] = baseline
     make_data: Callable[[DataSpec, ml_collections.ConfigDict, Path], dict[str, Any]] = make_data

@@ -3,6 +3,8 @@
     run_study(study, "/work/study/ablation-cpu", ["mlm_nsp", "random_init"], "results")
 
 Stages, in order (the expensive ones come from a `Stages` bundle, experiments/stages.py):
+  corpus    if `corpus.glue_text` names GLUE tasks: the pre-training text plus their
+            unlabelled training text, once -> <study>/corpus/ (experiments/corpus.py)
   vocab     if `vocab.size` > 0: a WordPiece vocab of the pre-training text, once
             -> <study>/vocab/vocab.txt (every run's data and model use it)
   data      each distinct dataset once -> <study>/data/<name>   (experiments/datasets.py)
@@ -38,7 +40,7 @@ import ml_collections
 from bert_jax import configlib, files
 from bert_jax.errors import UserError
 from bert_jax.runs import RunDir
-from experiments import datasets, report, variants
+from experiments import corpus, datasets, report, variants
 from experiments.stages import Stages
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,9 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
         variants.resolve(study, name, 1)  # unknown names fail before any work
     _check_study_config(study, study_dir)
     state = State(study_dir / "state.json")
+    if str(study.corpus.glue_text):
+        state.run("corpus", lambda: stages.make_corpus(study, study_dir / "corpus"))
+    study = corpus.with_corpus(study, study_dir)
     if int(study.vocab.size) > 0:
         state.run("vocab", lambda: stages.make_vocab(study, study_dir / "vocab"))
     study = with_vocab(study, study_dir)

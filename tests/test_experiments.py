@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # `experiments` is a top-level folder, not an ins
     sys.path.insert(0, str(REPO))
 
 from bert_jax import configlib, files  # noqa: E402
-from experiments import datasets, stages, study, variants  # noqa: E402
+from experiments import corpus, datasets, stages, study, variants  # noqa: E402
 
 
 def small_study(**overrides) -> ml_collections.ConfigDict:
@@ -135,6 +135,7 @@ class FakeStages:
     def __init__(self, kill_at: int | None = None) -> None:
         self.calls: list[str] = []
         self.kill_at = kill_at
+        self.data_inputs: set[tuple[str, str, str]] = set()
 
     def _enter(self, key: str) -> None:
         self.calls.append(key)
@@ -145,13 +146,21 @@ class FakeStages:
     def run_of(workdir: Path) -> str:
         return f"{workdir.parent.parent.name}/{workdir.parent.name}"  # <variant>/seed<k>
 
+    def make_corpus(self, study_cfg, out_dir: Path) -> dict:
+        self._enter("corpus")
+        out_dir.mkdir(parents=True)
+        return {}
+
     def make_vocab(self, study_cfg, out_dir: Path) -> dict:
         self._enter("vocab")
+        self.vocab_input = study_cfg.corpus.train
         out_dir.mkdir(parents=True)
         return {"tokens": 4096}
 
     def make_data(self, spec, study_cfg, out_dir: Path) -> dict:
         self._enter(f"data/{spec.name}")
+        self.data_inputs.add((study_cfg.corpus.train, study_cfg.corpus.eval,
+                              study_cfg.corpus.input_format))
         out_dir.mkdir(parents=True)
         return {"instances": 10}
 
@@ -191,8 +200,9 @@ class FakeStages:
         return summary
 
     def stages(self) -> stages.Stages:
-        return stages.Stages(make_vocab=self.make_vocab, baseline=self.baseline,
-                             make_data=self.make_data, calibrate=self.calibrate,
+        return stages.Stages(make_corpus=self.make_corpus, make_vocab=self.make_vocab,
+                             baseline=self.baseline, make_data=self.make_data,
+                             calibrate=self.calibrate,
                              pretrain=self.pretrain, evaluate=self.evaluate, glue=self.glue)
 
 
@@ -211,7 +221,7 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
     runs = [f"{stage}/{v}/seed{k}" for k in (0, 1) for v in NAMES
             for stage in ("pretrain", "eval", "glue")]
     assert fake.calls == [
-        "vocab",
+        "corpus", "vocab",
         "data/eval128-nsp-static-p15-sub-mp20", "data/eval128-single-static-p15-sub-mp20",
         "data/train128-nsp-static-p15-sub-mp20", "data/train128-single-static-p15-sub-mp20",
         "baseline", "calibrate", *runs]
@@ -231,6 +241,65 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
           for stage in ("pretrain", "eval", "glue")]]
     assert configlib.load_saved(tmp_path / "random_init" / "seed2" / "pretrain"
                                 ).train.total_steps == 0
+
+
+def test_glue_text_makes_the_corpus_once_and_every_later_stage_reads_it(tmp_path):
+    fake = FakeStages()  # the cpu preset's glue_text
+    run_with(fake, tmp_path, names=("mlm_nsp",), seeds=(0,))
+    assert fake.calls[:2] == ["corpus", "vocab"]
+    corpus_dir = tmp_path / "corpus"
+    assert fake.vocab_input == str(corpus_dir / "train.txt")
+    assert fake.data_inputs == {(str(corpus_dir / "train.txt"), str(corpus_dir / "eval.txt"),
+                                 "sentences")}
+    again = FakeStages()
+    run_with(again, tmp_path, names=("mlm_nsp",), seeds=(0,))
+    assert again.calls == []
+    plain = FakeStages()  # without glue_text: no corpus stage, the configured files as given
+    run_with(plain, tmp_path / "plain", names=("mlm_nsp",), seeds=(0,),
+             **{"corpus.glue_text": ""})
+    assert "corpus" not in plain.calls
+    wiki = small_study().corpus
+    assert plain.data_inputs == {(wiki.train, wiki.eval, "wikitext")}
+
+
+def _tsv(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_corpus_appends_the_glue_training_text_without_labels(tmp_path):
+    glue_dir = tmp_path / "glue"
+    sst = [f"phrase number {i} is fine" for i in range(10)]
+    _tsv(glue_dir / "SST-2" / "train.tsv", [["sentence", "label"]]
+         + [[t, str(i % 2)] for i, t in enumerate(sst)])
+    _tsv(glue_dir / "SST-2" / "dev.tsv", [["sentence", "label"], ["dev text never read", "1"]])
+    _tsv(glue_dir / "MRPC" / "train.tsv",
+         [["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+          ["1", "11", "12", "First one. It has two sentences.", "A paraphrase of it."],
+          ["0", "21", "22", "Second pair here.", "Something else."]])
+    wiki = tmp_path / "wiki.txt"
+    wiki.write_text(" = Alpha = \n\n Alpha is first. It is A.\n\n = = Part = = \n Still "
+                    "alpha.\n = Beta = \n Beta is second.\n")
+    held_out = tmp_path / "valid.txt"
+    held_out.write_text(" = Gamma = \n Gamma is held out. Yes.\n")
+    s = small_study()
+    s.corpus.train, s.corpus.eval, s.corpus.input_format = str(wiki), str(held_out), "wikitext"
+    s.glue.data_dir, s.corpus.glue_text = str(glue_dir), "SST-2,MRPC"
+    counts = corpus.make_corpus(s, tmp_path / "corpus")
+
+    def docs(path: Path) -> list[list[str]]:
+        return [d.split("\n") for d in path.read_text().strip("\n").split("\n\n")]
+
+    assert docs(tmp_path / "corpus" / "train.txt") == [
+        ["Alpha is first.", "It is A.", "Still alpha."], ["Beta is second."],
+        sst[:8], sst[8:],  # single sentences: 8 examples a document
+        ["First one.", "It has two sentences.", "A paraphrase of it."],  # a pair: one each
+        ["Second pair here.", "Something else."]]
+    assert docs(tmp_path / "corpus" / "eval.txt") == [["Gamma is held out.", "Yes."]]
+    assert counts["train"]["documents"] == 6 and counts["eval"]["sentences"] == 2
+    adjusted = corpus.with_corpus(s, tmp_path)
+    assert adjusted.corpus.train == str(tmp_path / "corpus" / "train.txt")
+    assert adjusted.corpus.input_format == "sentences" and s.corpus.input_format == "wikitext"
 
 
 @pytest.mark.slow
@@ -284,4 +353,4 @@ def test_glue_command_line():
                        "--model", "st/v/seed0/pretrain", "--data-dir", s.glue.data_dir,
                        "--workdir", "st/v/seed0/glue", "--lrs", "0.0001,0.0003", "--seeds", "1",
                        "--config.train_limit=6000", "--config.batch_size=32",
-                       "--config.epochs=3", "--json", "--no-progress"]
+                       "--config.epochs=3", "--config.packing=True", "--json", "--no-progress"]
