@@ -22,10 +22,12 @@ from typing import Any
 
 import ml_collections
 
+from bert_jax import files
 from bert_jax.data import documents as documents_lib
 from bert_jax.glue import tasks
 
 LINES_PER_DOCUMENT = 8
+TRAIN_FILE, EVAL_FILE = "train.txt", "eval.txt"  # in <study>/corpus/
 
 
 def glue_documents(task: str, data_dir: str | Path,
@@ -45,8 +47,8 @@ def glue_documents(task: str, data_dir: str | Path,
 
 def _write(docs: Iterator[list[str]], path: Path) -> dict[str, int]:
     counts = {"documents": 0, "sentences": 0, "words": 0}
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    # Atomic: a killed stage leaves no half file under the final name.
+    with files.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for doc in docs:
             doc = [" ".join(s.split()) for s in doc]
             doc = [s for s in doc if s]
@@ -56,13 +58,12 @@ def _write(docs: Iterator[list[str]], path: Path) -> dict[str, int]:
             counts["documents"] += 1
             counts["sentences"] += len(doc)
             counts["words"] += sum(len(s.split()) for s in doc)
-    tmp.replace(path)  # a killed stage leaves no half file under the final name
     return counts
 
 
-def _read(files: str, input_format: str) -> Iterator[list[str]]:
+def _read(file_list: str, input_format: str) -> Iterator[list[str]]:
     stats = documents_lib.ReadStats()
-    paths = [Path(p) for p in files.split(",") if p]
+    paths = [Path(p) for p in file_list.split(",") if p]
     yield from documents_lib.read_documents(paths, input_format, stats)
 
 
@@ -70,7 +71,6 @@ def make_corpus(study: ml_collections.ConfigDict, out_dir: Path) -> dict[str, An
     """Writes `out_dir/train.txt` (corpus.train + the GLUE training text) and
     `out_dir/eval.txt` (corpus.eval); returns their document/sentence/word counts."""
     c = study.corpus
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = [t for t in str(c.glue_text).split(",") if t]
 
     def train_docs() -> Iterator[list[str]]:
@@ -78,8 +78,8 @@ def make_corpus(study: ml_collections.ConfigDict, out_dir: Path) -> dict[str, An
         for name in names:
             yield from glue_documents(name, study.glue.data_dir)
 
-    return {"train": _write(train_docs(), out_dir / "train.txt"),
-            "eval": _write(_read(c.eval, c.input_format), out_dir / "eval.txt"),
+    return {"train": _write(train_docs(), out_dir / TRAIN_FILE),
+            "eval": _write(_read(c.eval, c.input_format), out_dir / EVAL_FILE),
             "glue_text": names}
 
 
@@ -88,7 +88,7 @@ def with_corpus(study: ml_collections.ConfigDict, study_dir: Path) -> ml_collect
     if not str(study.corpus.glue_text):
         return study
     study = study.copy_and_resolve_references()
-    study.corpus.train = str(study_dir / "corpus" / "train.txt")
-    study.corpus.eval = str(study_dir / "corpus" / "eval.txt")
+    study.corpus.train = str(study_dir / "corpus" / TRAIN_FILE)
+    study.corpus.eval = str(study_dir / "corpus" / EVAL_FILE)
     study.corpus.input_format = "sentences"
     return study

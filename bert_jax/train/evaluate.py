@@ -24,7 +24,7 @@ from bert_jax import heads, sharding, weights
 from bert_jax.data import PretrainingLoader
 from bert_jax.data.create import vocab_facts
 from bert_jax.errors import UserError
-from bert_jax.train import programs
+from bert_jax.train import programs as programs_lib
 from bert_jax.train import step as step_lib
 
 
@@ -44,12 +44,12 @@ def evaluate(model: str, data_dir: str, *, batch_size: int = 32,
     sharding.check_batch(batch_size, mesh)
     # The program factory pre-training uses; nothing trains, so no optimizer state (the
     # train step it also makes is never called, hence never compiled).
-    programs_ = programs.build(loaded.config, spec.head, spec.make, optax.identity(), None,
-                               mesh)
-    param_shardings = programs_.state_shardings.params
+    programs = programs_lib.build(loaded.config, spec.head, spec.make, optax.identity(), None,
+                                  mesh)
+    param_shardings = programs.state_shardings.params
     # A pre-training model scored on data without pairs: the MLM head's params only.
     params = jax.device_put({k: loaded.params[k] for k in param_shardings}, param_shardings)
-    eval_step = programs_.eval_step
+    eval_step = programs.eval_step
     count = len(loader) if max_batches is None else min(len(loader), int(max_batches))
     batches = (loader.batch(0, i) for i in range(count))
     bar = tqdm(batches, total=count, desc="evaluate", unit="batch", dynamic_ncols=True,
