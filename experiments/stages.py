@@ -143,15 +143,14 @@ def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float
     masks), over its first `batches` batches (0: all of it), by `bert-jax evaluate`'s
     function. Only the MLM metrics: the reference set's pair task may not be the
     variant's (an SOP head on NSP pairs scores nothing meaningful)."""
-    from bert_jax import checkpoint, configlib
+    from bert_jax import configlib
     from bert_jax.train.evaluate import evaluate as evaluate_model
 
     config = configlib.load_saved(workdir)
     result = evaluate_model(str(workdir), str(eval_dir), batch_size=int(config.train.batch_size),
                             max_batches=batches or None, progress=False)
-    _, step = checkpoint.restore_params(RunDir(workdir).checkpoints)
     return {**{k: float(v) for k, v in result.items() if k.startswith("masked_lm_")},
-            "checkpoint_step": int(step), "examples": int(result["examples"])}
+            "checkpoint_step": int(result["checkpoint_step"]), "examples": int(result["examples"])}
 
 
 def baseline(train_dir: Path, eval_dir: Path) -> dict[str, Any]:

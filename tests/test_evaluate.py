@@ -90,6 +90,7 @@ def test_evaluate_equals_transformers(checkpoint_and_data, capsys):
     ref = transformers_metrics(model, data_dir)
     assert ours["examples"] == ref["examples"] > 16 and ref["examples"] % 8
     assert ours["head"] == "pretraining" and ours["objective"] == "mlm_nsp"
+    assert ours["checkpoint_step"] is None  # an HF directory, not a pre-training workdir
     for key in ("masked_lm_loss", "next_sentence_loss"):
         np.testing.assert_allclose(ours[key], ref[key], atol=1e-4, rtol=0, err_msg=key)
     np.testing.assert_allclose(ours["masked_lm_loss"] + ours["next_sentence_loss"],

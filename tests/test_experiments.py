@@ -114,10 +114,11 @@ def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
 
     workdir = tmp_path / "study" / "mlm_only" / "pretrain"
     stages.pretrain(cfg, workdir, progress=False)
-    params, _ = checkpoint.restore_params(workdir / "checkpoints")
+    params, step = checkpoint.restore_params(workdir / "checkpoints")
     assert "cls_predictions" in params and "cls_seq_relationship" not in params
     metrics = stages.evaluate(workdir, Path(cfg.data.eval), 2)
     assert 0.0 <= metrics["masked_lm_accuracy"] <= 1.0
+    assert metrics["checkpoint_step"] == step == 2  # the step of the weights it scored
     assert "next_sentence_accuracy" not in metrics
 
 

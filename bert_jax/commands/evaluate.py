@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
-    print(f"{result['model']} ({result['head']} head, objective {result['objective']}) on "
-          f"{result['data']}: {result['examples']:,} examples")
+    step = "" if result["checkpoint_step"] is None else f", step {result['checkpoint_step']}"
+    print(f"{result['model']} ({result['head']} head, objective {result['objective']}{step}) "
+          f"on {result['data']}: {result['examples']:,} examples")
     for key in sorted(k for k, v in result.items() if isinstance(v, float)):
         print(f"  {key:24s} {result[key]:.4f}")
     return 0

@@ -57,7 +57,8 @@ def evaluate(model: str, data_dir: str, *, batch_size: int = 32,
     metrics = step_lib.run_eval(eval_step, params, bar, mesh)
     examples = min(loader.num_examples, count * batch_size)
     return {"model": str(model), "data": str(data_dir), "head": loaded.head,
-            "objective": name, "examples": examples, "batches": count, **metrics}
+            "objective": name, "checkpoint_step": loaded.report.step,  # None: not a workdir
+            "examples": examples, "batches": count, **metrics}
 
 
 def _check_vocab(loaded: weights.Pretrained, loader: PretrainingLoader, model: str,

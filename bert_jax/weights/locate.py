@@ -170,17 +170,17 @@ def is_workdir(path: str | Path) -> bool:
 
 
 def read_workdir(path: Path, **overrides: Any
-                 ) -> tuple[dict[str, np.ndarray], BertConfig, str | None]:
+                 ) -> tuple[dict[str, np.ndarray], BertConfig, str | None, int]:
     """The latest checkpoint of a pre-training workdir as an HF state dict, its model
-    config, and the vocab its data was made with."""
+    config, the vocab its data was made with, and the checkpoint's step."""
     from bert_jax import checkpoint
 
     run = RunDir(path)
     saved = run.saved_config()
     config = run.model_config(saved, **overrides)
-    params, _ = checkpoint.restore_params(run.checkpoints)
+    params, step = checkpoint.restore_params(run.checkpoints)
     vocab = saved.get("data", {}).get("vocab") or None
-    return flax_to_hf(params, vocab_size=config.vocab_size), config, vocab
+    return flax_to_hf(params, vocab_size=config.vocab_size), config, vocab, int(step)
 
 
 # ---- the entry points -------------------------------------------------------------------
@@ -243,18 +243,19 @@ def load_pretrained(name_or_path: str | Path, head: str = "pretraining", *, rng:
     if head != "auto":
         heads.head(head)  # a UserError for an unknown head
     if is_workdir(name_or_path):
-        source, (sd, config, vocab) = None, read_workdir(Path(name_or_path), **config_overrides)
+        sd, config, vocab, step = read_workdir(Path(name_or_path), **config_overrides)
         fmt, notes, directory = "bert-jax checkpoint", [], Path(name_or_path)
     else:
         source = locate(name_or_path)
         config = read_config(source.directory, **config_overrides)
         sd, notes = read_weights(source)
-        fmt, vocab, directory = source.format, None, source.directory
+        fmt, vocab, directory, step = source.format, None, source.directory, None
     if head == "auto":
         head = detect_head(list(sd))
     params, report = hf_to_flax(sd, config, head, rng=rng, source=str(name_or_path),
                                 format=fmt)
     report.notes[:0] = notes
+    report.step = step
     tokenizer = None
     if vocab is not None or any((directory / f).exists()
                                 for f in ("tokenizer.json", "vocab.txt")):

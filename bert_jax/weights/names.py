@@ -106,6 +106,7 @@ class LoadReport:
     initialized: list[str] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    step: int | None = None  # the checkpoint step, when loaded from a pre-training workdir
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
