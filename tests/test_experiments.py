@@ -36,13 +36,13 @@ def test_each_variant_differs_from_the_base_exactly_by_its_overrides(name):
     assert variants.diff(base, variants.resolve(s, name, 300)) == sorted(variants.VARIANTS[name])
 
 
-def test_base_is_the_original_objective_at_128():
+def test_base_is_the_original_objective_at_64():
     base = variants.resolve(small_study(), variants.BASELINE, 300)
     assert base.objective == "mlm_nsp" and base.nsp
     assert base.data.masking == "static" and base.data.masked_lm_prob == 0.15
     assert not base.data.whole_word_masking and base.train.phase2_start == 0
     assert base.optimizer.name == "bert_adam"
-    assert base.train.total_steps == 300 and base.optimizer.warmup_steps == 18  # 6%
+    assert base.train.total_steps == 300 and base.optimizer.warmup_steps == 15  # 5%
 
 
 def test_mlm_only_full_config_differs_in_objective_and_its_data_only(tmp_path):
@@ -50,7 +50,7 @@ def test_mlm_only_full_config_differs_in_objective_and_its_data_only(tmp_path):
     a = study.variant_config(s, "mlm_nsp", 300, tmp_path)
     b = study.variant_config(s, "mlm_only", 300, tmp_path)
     assert variants.diff(a, b) == ["data.eval", "data.train", "objective"]
-    assert Path(b.data.train).name == "train128-single-static-p15-sub-mp20"
+    assert Path(b.data.train).name == "train64-single-static-p15-sub-mp10"
     assert a.data.vocab == str(tmp_path / "vocab" / "vocab.txt")  # the study's own vocab
 
 
@@ -71,15 +71,15 @@ def test_data_is_shared_unless_a_data_setting_differs():
     for v in ("mlm_only", "mlm_sop", "dynamic_masking", "whole_word", "mask_40"):
         assert names[v]["train"] != base["train"], v
     # The pair task comes from the objective (heads.OBJECTIVES), not from cfg.nsp.
-    assert names["mlm_sop"]["train"] == "train128-sop-static-p15-sub-mp20"
-    assert names["mlm_only"]["train"] == "train128-single-static-p15-sub-mp20"
+    assert names["mlm_sop"]["train"] == "train64-sop-static-p15-sub-mp10"
+    assert names["mlm_only"]["train"] == "train64-single-static-p15-sub-mp10"
     # Held-out data: static 15% sub-word masks with the variant's pair task; the final
     # score of every variant uses the base's (datasets.reference).
     assert {n["eval"] for v, n in names.items() if v not in ("mlm_only", "mlm_sop")} == {
         base["eval"]}
-    assert datasets.reference(s).name == base["eval"] == "eval128-nsp-static-p15-sub-mp20"
-    assert names["mask_40"]["train"].endswith("p40-sub-mp52")  # room for 40% of 128
-    assert names["two_phase"]["train_phase2"].startswith("train512-nsp-static-p15")
+    assert datasets.reference(s).name == base["eval"] == "eval64-nsp-static-p15-sub-mp10"
+    assert names["mask_40"]["train"].endswith("p40-sub-mp26")  # room for 40% of 64
+    assert names["two_phase"]["train_phase2"].startswith("train128-nsp-static-p15")
     assert variants.resolve(s, "two_phase", 300).train.phase2_start == 270
 
 
@@ -110,7 +110,7 @@ def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
     seps = (batch["input_ids"] == 102).sum(axis=1)  # [SEP]
     assert (seps == 1).all()
     assert (batch["input_ids"][np.arange(32), real - 1] == 102).all()  # ... at the very end
-    assert np.median(real) == 128  # segments fill the length (but a document's last, short ones)
+    assert np.median(real) == 64  # segments fill the length (but a document's last, short ones)
 
     workdir = tmp_path / "study" / "mlm_only" / "pretrain"
     stages.pretrain(cfg, workdir, progress=False)
@@ -187,7 +187,7 @@ class FakeStages:
 
     def evaluate(self, workdir: Path, eval_dir: Path, batches: int) -> dict:
         self._enter(f"eval/{self.run_of(workdir)}")
-        assert eval_dir.name == "eval128-nsp-static-p15-sub-mp20"  # one reference set
+        assert eval_dir.name == "eval64-nsp-static-p15-sub-mp10"  # one reference set
         seed = configlib.load_saved(workdir).seed
         return {"masked_lm_accuracy": 0.25 + seed / 100, "masked_lm_loss": 5.0}
 
@@ -223,8 +223,8 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
             for stage in ("pretrain", "eval", "glue")]
     assert fake.calls == [
         "corpus", "vocab",
-        "data/eval128-nsp-static-p15-sub-mp20", "data/eval128-single-static-p15-sub-mp20",
-        "data/train128-nsp-static-p15-sub-mp20", "data/train128-single-static-p15-sub-mp20",
+        "data/eval64-nsp-static-p15-sub-mp10", "data/eval64-single-static-p15-sub-mp10",
+        "data/train64-nsp-static-p15-sub-mp10", "data/train64-single-static-p15-sub-mp10",
         "baseline", "calibrate", *runs]
     assert [sorted(r["runs"]) for r in rows] == [[0, 1], [0, 1]]
     assert {r["steps"] for row in rows for r in row["runs"].values()} == {120}  # 1 min, 0.5 s
@@ -350,8 +350,9 @@ def test_glue_command_line():
     s = small_study()
     cmd = stages.glue_command(Path("st/v/seed0/pretrain"), Path("st/v/seed0/glue"), s.glue)
     assert cmd[0] == sys.executable
-    assert cmd[1:] == ["-m", "bert_jax.cli", "glue", "--task", "SST-2,MRPC,STS-B",
+    assert cmd[1:] == ["-m", "bert_jax.cli", "glue", "--task", "SST-2,RTE,STS-B",
                        "--model", "st/v/seed0/pretrain", "--data-dir", s.glue.data_dir,
-                       "--workdir", "st/v/seed0/glue", "--lrs", "0.0001,0.0003", "--seeds", "1",
-                       "--config.train_limit=6000", "--config.batch_size=32",
-                       "--config.epochs=3", "--config.packing=True", "--json", "--no-progress"]
+                       "--workdir", "st/v/seed0/glue", "--lrs", "0.0001,0.0003",
+                       "--seeds", "1,2,3", "--config.train_limit=6000",
+                       "--config.batch_size=32", "--config.epochs=3", "--config.packing=True",
+                       "--config.max_seq_length=64", "--json", "--no-progress"]
