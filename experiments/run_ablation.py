@@ -1,7 +1,7 @@
 r"""Runs (or resumes) an ablation study of the pre-training recipe.
 
   python -m experiments.run_ablation --config experiments/ablation.py:cpu \
-      --study-dir /work/study/ablation-cpu --results experiments/results
+      --study-dir runs/ablation-cpu --results experiments/results
 
 Pre-trains every variant once per pre-training seed with the same budget, scores it on
 held-out MLM, fine-tunes it on GLUE with `bert-jax glue`, and writes the tables (means,

@@ -1,6 +1,6 @@
 """The study driver: vocab, data, pre-training, held-out evaluation, GLUE, report; resumable.
 
-    run_study(study, "/work/study/ablation-cpu", ["mlm_nsp", "random_init"], "results")
+    run_study(study, "runs/ablation-cpu", ["mlm_nsp", "random_init"], "results")
 
 Stages, in order (the expensive ones come from a `Stages` bundle, experiments/stages.py):
   corpus    if `corpus.glue_text` names GLUE tasks: the pre-training text plus their
