@@ -10,6 +10,10 @@ and to --results at the end. Rerun the same command after a kill: finished stage
 unfinished pre-training resumes from its checkpoint. Any study field can be overridden
 with --config.FIELD=VALUE (e.g. --config.glue.seeds=(1,2,3,4,5)); see
 experiments/ablation.py for the fields and experiments/variants.py for the variants.
+--report-only writes the table and plots from the runs finished so far and runs nothing:
+a progress report, or the full table after some variants got more seeds
+(--variants mlm_nsp,random_init --config.seeds=(0,1,2,3,4), then --report-only with
+--config.seeds=(0,1,2,3,4)).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--no-glue", action="store_true",
                    help="stop before GLUE (rerun without it later to add GLUE)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the table and plots from the runs finished so far; run nothing")
     overrides = [a for a in argv if a.startswith("--config.")]
     return p.parse_args([a for a in argv if not a.startswith("--config.")]), overrides
 
@@ -63,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.minutes is not None:
             study.budget.minutes = args.minutes
         names = [n.strip() for n in study.variants.split(",") if n.strip()]
-        rows = study_lib.run_study(study, args.study_dir, names, args.results,
-                                   glue=not args.no_glue, progress=not args.no_progress)
+        if args.report_only:
+            rows = study_lib.write_report(study, args.study_dir, names, args.results)
+        else:
+            rows = study_lib.run_study(study, args.study_dir, names, args.results,
+                                       glue=not args.no_glue, progress=not args.no_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RESUMABLE
     for row in rows:
         acc = [r["eval_mlm_accuracy"] for r in row["runs"].values()]
-        print(f"{row['variant']:>16}  {len(acc)} seeds  mean held-out MLM acc "
-              f"{sum(acc) / max(len(acc), 1):.4f}")
+        mean = f"{sum(acc) / len(acc):.4f}" if acc else "–"
+        print(f"{row['variant']:>16}  {len(acc)} seeds  mean held-out MLM acc {mean}")
     return 0
 
 

@@ -189,6 +189,21 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     if results_dir is not None and Path(results_dir) != study_dir / "results":
         report.write(rows, Path(results_dir), study_dir, state)
     return rows
+def write_report(study: ml_collections.ConfigDict, study_dir: str | Path, names: Sequence[str],
+                 results_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Writes the table and plots from the runs of `names` x `study.seeds` finished so far
+    and runs nothing (a progress report, or one over variants grown to unequal seeds)."""
+    study_dir = Path(study_dir)
+    if not (study_dir / "state.json").exists():
+        raise UserError(f"{study_dir} holds no study (no state.json) to report on")
+    _check_study_config(study, study_dir)
+    state = State(study_dir / "state.json")
+    rows = report.collect(study_dir, list(names), [int(s) for s in study.seeds], state)
+    report.write(rows, Path(results_dir) if results_dir else study_dir / "results",
+                 study_dir, state)
+    return rows
+
+
 def _budget_steps(study: ml_collections.ConfigDict, study_dir: Path, stages: Stages) -> int:
     minutes = float(study.budget.minutes)
     if minutes <= 0:

@@ -244,6 +244,27 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
                                 ).train.total_steps == 0
 
 
+def test_report_only_runs_nothing_and_takes_variants_with_unequal_seeds(tmp_path):
+    fake = FakeStages()
+    run_with(fake, tmp_path)  # seeds 0, 1
+    grow = FakeStages()  # one variant gets a third seed
+    run_with(grow, tmp_path, names=("mlm_nsp",), seeds=(0, 1, 2))
+    assert grow.calls == ["pretrain/mlm_nsp/seed2", "eval/mlm_nsp/seed2", "glue/mlm_nsp/seed2"]
+    s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1, 2)})
+    state_before = (tmp_path / "state.json").read_text()
+    rows = study.write_report(s, tmp_path, NAMES, tmp_path / "report")
+    assert [(r["variant"], sorted(r["runs"])) for r in rows] == [
+        ("mlm_nsp", [0, 1, 2]), ("mlm_only", [0, 1])]
+    assert (tmp_path / "state.json").read_text() == state_before  # nothing ran
+    md = (tmp_path / "report" / "ablation.md").read_text()
+    assert "| mlm_nsp | `(base)` | 120 | 3 |" in md
+    assert "| mlm_only | `objective=mlm` | 120 | 2 |" in md
+    from bert_jax.errors import UserError
+    with pytest.raises(UserError, match="no state.json"):
+        study.write_report(s, tmp_path / "empty", NAMES)
+    assert not (tmp_path / "empty").exists()
+
+
 def test_glue_text_makes_the_corpus_once_and_every_later_stage_reads_it(tmp_path):
     fake = FakeStages()  # the cpu preset's glue_text
     run_with(fake, tmp_path, names=("mlm_nsp",), seeds=(0,))
