@@ -189,6 +189,8 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     if results_dir is not None and Path(results_dir) != study_dir / "results":
         report.write(rows, Path(results_dir), study_dir, state)
     return rows
+
+
 def write_report(study: ml_collections.ConfigDict, study_dir: str | Path, names: Sequence[str],
                  results_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Writes the table and plots from the runs of `names` x `study.seeds` finished so far
