@@ -244,6 +244,17 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
                                 ).train.total_steps == 0
 
 
+def test_a_relative_study_dir_resumes(tmp_path, monkeypatch):
+    # Saved configs hold absolute data paths; the check against them must not see a
+    # relative --study-dir as another config.
+    monkeypatch.chdir(tmp_path)
+    run_with(FakeStages(), Path("study"), seeds=(0,))
+    again = FakeStages()
+    run_with(again, Path("study"), seeds=(0, 1))
+    assert again.calls == [f"{stage}/{v}/seed1" for v in NAMES
+                           for stage in ("pretrain", "eval", "glue")]
+
+
 def test_report_only_runs_nothing_and_takes_variants_with_unequal_seeds(tmp_path):
     fake = FakeStages()
     run_with(fake, tmp_path)  # seeds 0, 1
