@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,10 +49,15 @@ log = logging.getLogger(__name__)
 
 class State:
     """The study's record of finished stages: `{key: {"seconds", "finished", "result"}}`,
-    plus the seconds spent in every attempt of a stage (finished or not)."""
+    plus the seconds spent in every attempt of a stage (finished or not).
 
-    def __init__(self, path: Path) -> None:
+    While a stage runs, its seconds are saved every `heartbeat_s`, so an attempt killed
+    outright (SIGKILL at the end of a session: no `finally` runs) still counts, to within
+    `heartbeat_s`."""
+
+    def __init__(self, path: Path, heartbeat_s: float = 60.0) -> None:
         self.path = path
+        self.heartbeat_s = heartbeat_s
         self.data = (json.loads(path.read_text()) if path.exists()
                      else {"finished": {}, "seconds": {}})
 
@@ -70,13 +76,26 @@ class State:
         if self.done(key):
             return self.result(key)
         log.info("stage %s", key)
-        start = time.perf_counter()
+        before, start = self.seconds(key), time.perf_counter()
+
+        def record() -> None:
+            self.data["seconds"][key] = round(before + time.perf_counter() - start, 3)
+            self._save()
+
+        stop = threading.Event()
+
+        def heartbeat() -> None:  # only this thread touches self.data until stop is set
+            while not stop.wait(self.heartbeat_s):
+                record()
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
         try:
             result = fn()
         finally:
-            spent = self.seconds(key) + time.perf_counter() - start
-            self.data["seconds"][key] = round(spent, 3)
-            self._save()
+            stop.set()
+            beat.join()
+            record()
         self.data["finished"][key] = {"seconds": self.data["seconds"][key],
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                       "result": result}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 import ml_collections
@@ -242,6 +243,28 @@ def test_an_uninterrupted_study_calls_each_stage_once(tmp_path):
           for stage in ("pretrain", "eval", "glue")]]
     assert configlib.load_saved(tmp_path / "random_init" / "seed2" / "pretrain"
                                 ).train.total_steps == 0
+
+
+def test_a_running_stage_saves_its_seconds_before_it_ends(tmp_path):
+    # A study killed outright at a session's end runs no `finally`: the time of the
+    # attempt must already be in state.json.
+    state = study.State(tmp_path / "state.json", heartbeat_s=0.01)
+    state.data["seconds"]["pretrain/x"] = 100.0  # an earlier attempt
+
+    def stage() -> float:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (tmp_path / "state.json").exists():
+                saved = json.loads((tmp_path / "state.json").read_text())
+                if saved["seconds"].get("pretrain/x", 0) > 100.0:
+                    return saved["seconds"]["pretrain/x"]
+            time.sleep(0.01)
+        raise AssertionError("no heartbeat in 10 s")
+
+    seen = state.run("pretrain/x", stage)
+    assert 100.0 < seen <= state.seconds("pretrain/x")
+    assert json.loads((tmp_path / "state.json").read_text())["finished"]["pretrain/x"][
+        "result"] == seen
 
 
 def test_a_relative_study_dir_resumes(tmp_path, monkeypatch):
