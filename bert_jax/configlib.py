@@ -202,6 +202,13 @@ def load_saved(workdir: str | Path, name: str = runs.CONFIG) -> ml_collections.C
     return ml_collections.ConfigDict(read_saved(workdir, name))
 
 
+def as_read_back(cfg: ml_collections.ConfigDict, workdir: str | Path) -> ml_collections.ConfigDict:
+    """`cfg` as `load_saved(workdir)` would return it after `save(cfg, workdir)` (its paths
+    through the same round trip): what to compare a saved config with."""
+    return ml_collections.ConfigDict(
+        resolve_paths(relocatable(json.loads(to_json(cfg)), workdir), workdir))
+
+
 def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
     """A config's `model` field: every BertConfig field, starting from a preset."""
     return ml_collections.ConfigDict(dataclasses.asdict(preset(preset_name, **overrides)))

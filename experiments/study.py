@@ -240,11 +240,10 @@ def _budget_steps(study: ml_collections.ConfigDict, study_dir: Path, stages: Sta
 def _check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     """A workdir from an earlier attempt must hold the same config (it will resume)."""
     if RunDir(workdir).config.exists():
-        # The same round trip as saving and loading (paths made absolute, or relative to
-        # the workdir, then resolved), so a relative --study-dir compares equal.
-        fresh = configlib.resolve_paths(
-            configlib.relocatable(json.loads(configlib.to_json(cfg)), workdir), workdir)
-        changed = variants.diff(configlib.load_saved(workdir), ml_collections.ConfigDict(fresh))
+        # Both sides through the save/load path round trip: a relative --study-dir is
+        # not another config.
+        changed = variants.diff(configlib.load_saved(workdir),
+                                configlib.as_read_back(cfg, workdir))
         if changed:
             raise UserError(f"{workdir} was trained with another config ({', '.join(changed)})"
                             "; use a new --study-dir")
