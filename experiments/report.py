@@ -125,6 +125,11 @@ def _digits(task: str | None, scale: float) -> int:
     return 3 if task is None and scale == 1.0 else 1
 
 
+def _p_text(p: float) -> str:
+    """A p-value as the table prints it: 3 decimals, or a bound where they would read 0.000."""
+    return "p < 0.001" if p < 0.001 else f"p {p:.3f}"
+
+
 def _cell(xs: dict[int, float], scale: float, digits: int) -> str:
     if not xs:
         return "–"
@@ -199,7 +204,7 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
                     cells.append("–")
                     continue
                 cells.append(f"**{c['verdict']}** (Δ {c['diff'] * scale:+.{_digits(task, scale)}f}"
-                             f", p {c['p']:.3f}, p_flip {c['p_sign_flip']:.2f})")
+                             f", {_p_text(c['p'])}, p_flip {c['p_sign_flip']:.2f})")
             verdicts.append("| " + " | ".join(cells) + " |")
     notes = [""]
     if baseline:

@@ -100,3 +100,10 @@ def test_seed_band_uses_the_steps_every_seed_has():
     assert lo[1] == hi[1] == 2.0  # no spread
     one = report.seed_band(curves[:1], "loss")
     assert one[1] == one[2] == one[3] == [3.0, 2.0, 1.0]  # one seed: no band
+
+
+def test_p_values_print_as_a_bound_below_a_thousandth():
+    # 0.000 would read as "impossible"; a Welch p is never exactly 0 with spread
+    assert report._p_text(0.0004) == "p < 0.001"
+    assert report._p_text(0.011) == "p 0.011"
+    assert report._p_text(0.001) == "p 0.001"
