@@ -168,6 +168,13 @@ def resolve_paths(saved: dict, workdir: str | Path) -> dict:
     return saved
 
 
+def _as_written(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """The JSON object `save` writes for `cfg` into `workdir`: its paths relocated under a
+    local workdir, left as they are for an object store."""
+    plain = json.loads(to_json(cfg))
+    return relocatable(plain, workdir) if is_local(workdir) else plain
+
+
 def save(cfg: ml_collections.ConfigDict, workdir: str | Path, name: str = runs.CONFIG) -> Path:
     """Writes the resolved config into the run's workdir (what `load_saved` reads back)."""
     from bert_jax import files
@@ -177,7 +184,7 @@ def save(cfg: ml_collections.ConfigDict, workdir: str | Path, name: str = runs.C
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_json(cfg) + "\n")
         return path
-    saved = relocatable(json.loads(to_json(cfg)), workdir)
+    saved = _as_written(cfg, workdir)
     files.write_text_atomic(Path(path), json.dumps(saved, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -205,8 +212,7 @@ def load_saved(workdir: str | Path, name: str = runs.CONFIG) -> ml_collections.C
 def as_read_back(cfg: ml_collections.ConfigDict, workdir: str | Path) -> ml_collections.ConfigDict:
     """`cfg` as `load_saved(workdir)` would return it after `save(cfg, workdir)` (its paths
     through the same round trip): what to compare a saved config with."""
-    return ml_collections.ConfigDict(
-        resolve_paths(relocatable(json.loads(to_json(cfg)), workdir), workdir))
+    return ml_collections.ConfigDict(resolve_paths(_as_written(cfg, workdir), workdir))
 
 
 def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
