@@ -125,9 +125,9 @@ def _digits(task: str | None, scale: float) -> int:
     return 3 if task is None and scale == 1.0 else 1
 
 
-def _p_text(p: float) -> str:
+def _p_text(p: float, name: str = "p") -> str:
     """A p-value as the table prints it: 3 decimals, or a bound where they would read 0.000."""
-    return "p < 0.001" if p < 0.001 else f"p {p:.3f}"
+    return f"{name} < 0.001" if p < 0.001 else f"{name} {p:.3f}"
 
 
 def _cell(xs: dict[int, float], scale: float, digits: int) -> str:
@@ -190,21 +190,27 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
     if base is not None:
         verdicts = [f"Against `{variants.BASELINE}` (Welch's t-test over pre-training seeds, "
                     f"two-sided, α = {stats.ALPHA}, per comparison; Δ = variant − "
-                    f"{variants.BASELINE}; p_flip: exact paired sign-flip test over common "
-                    "seeds, shown for reference: with n seeds it cannot go below 2/2^n):", "",
+                    f"{variants.BASELINE}; Holm: the p-value adjusted (Holm–Bonferroni) over "
+                    "the row's tested metrics, so a verdict whose Holm value is not below α "
+                    "may be one of the row's chance rejections; p_flip: exact paired "
+                    "sign-flip test over common seeds, shown for reference: with n seeds it "
+                    "cannot go below 2/2^n):", "",
                     "| variant | " + " | ".join(m[2] for m in metrics) + " |",
                     "|" + "---|" * (len(metrics) + 1)]
         for row in rows:
             if row is base:
                 continue
             cells = [row["variant"]]
-            for key, task, _, hib, scale in metrics:
-                c = compare(row, base, key, hib, task)
+            compared = [compare(row, base, key, hib, task) for key, task, _, hib, _ in metrics]
+            adjusted = stats.holm([c["p"] if c["verdict"] != "–" else math.nan
+                                   for c in compared])
+            for c, p_holm, (_, task, _, _, scale) in zip(compared, adjusted, metrics):
                 if c["verdict"] == "–":
                     cells.append("–")
                     continue
                 cells.append(f"**{c['verdict']}** (Δ {c['diff'] * scale:+.{_digits(task, scale)}f}"
-                             f", {_p_text(c['p'])}, p_flip {c['p_sign_flip']:.2f})")
+                             f", {_p_text(c['p'])}, {_p_text(p_holm, 'Holm')}, "
+                             f"p_flip {c['p_sign_flip']:.2f})")
             verdicts.append("| " + " | ".join(cells) + " |")
     notes = [""]
     if baseline:

@@ -12,9 +12,14 @@ MLM loss, a task's dev score averaged over its fine-tuning seeds). With so few s
                         smallest p-value is 2/2^n (0.25 for 3 seeds), so it cannot reject
                         at 0.05 below 6 seeds
   verdict(xs, ys, ...)  "better", "worse" or "not separable" at level `alpha`
+  holm(ps)              Holm–Bonferroni adjusted p-values of one family of tests: the
+                        report shows them beside each variant's verdicts (the family: that
+                        variant's metrics), so a rejection that one of several looks would
+                        make by chance can be told apart
 
     interval([1.0, 2.0, 3.0])        # (2.0, -0.484, 4.484)
     welch([1, 2, 3], [4, 5, 6]).p    # 0.0213
+    holm([0.01, 0.04, 0.03])         # [0.03, 0.06, 0.06]
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as sp
 
-ALPHA = 0.05  # two-sided, per comparison (no multiplicity correction; see the README)
+ALPHA = 0.05  # two-sided, per comparison; holm() gives the family-wise view beside it
 
 
 def interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -88,3 +93,17 @@ def verdict(xs: Sequence[float], ys: Sequence[float], *, higher_is_better: bool,
     if test.p >= alpha:
         return "not separable"
     return "better" if (test.diff > 0) == higher_is_better else "worse"
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input's order: the k-th smallest of m
+    is multiplied by m - k + 1, then made non-decreasing and capped at 1. Rejecting where
+    the adjusted p < alpha keeps the family-wise error rate at alpha. nan (an untested
+    comparison) stays nan and does not count in m."""
+    out = [math.nan] * len(ps)
+    tested = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
+    running = 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        out[i] = running
+    return out

@@ -107,3 +107,35 @@ def test_p_values_print_as_a_bound_below_a_thousandth():
     assert report._p_text(0.0004) == "p < 0.001"
     assert report._p_text(0.011) == "p 0.011"
     assert report._p_text(0.001) == "p 0.001"
+
+
+def test_holm_adjusts_step_down_in_input_order():
+    # m = 4 tested (nan is not a test): sorted 0.01 x 4 = 0.04, 0.02 x 3 = 0.06,
+    # 0.04 x 2 = 0.08, 0.5 x 1 = 0.5
+    out = stats.holm([0.04, 0.5, math.nan, 0.01, 0.02])
+    assert out[:2] == pytest.approx([0.08, 0.5]) and math.isnan(out[2])
+    assert out[3:] == pytest.approx([0.04, 0.06])
+    # monotone: 0.01 x 3 = 0.03, then 0.012 x 2 = 0.024 is raised to the 0.03 before it
+    assert stats.holm([0.012, 0.01, 0.9]) == pytest.approx([0.03, 0.03, 0.9])
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]  # capped
+    assert stats.holm([]) == []
+
+
+def _row(variant, losses, accuracies):
+    runs = {seed: {"eval_mlm_loss": loss, "eval_mlm_accuracy": acc, "steps": 10,
+                   "pair_accuracy": None, "glue": {}, "pretrain_minutes": 1.0,
+                   "glue_minutes": 0.0}
+            for seed, (loss, acc) in enumerate(zip(losses, accuracies))}
+    return {"variant": variant, "overrides": "x", "runs": runs}
+
+
+def test_report_prints_holm_beside_each_verdict(tmp_path):
+    # loss: Welch p 0.021312 (the closed form above); accuracy: the same differences x 0.01
+    # give the same t, so p 0.021312 too; Holm over the row's 2 tests: 0.043 for both
+    base = _row("mlm_nsp", [4, 5, 6], [0.04, 0.05, 0.06])
+    row = _row("mlm_only", [1, 2, 3], [0.01, 0.02, 0.03])
+    path = tmp_path / "ablation.md"
+    report.write_markdown([base, row], [], None, path, tmp_path)
+    md = path.read_text()
+    assert ("| mlm_only | **better** (Δ -3.000, p 0.021, Holm 0.043, p_flip 0.25) "
+            "| **worse** (Δ -3.0, p 0.021, Holm 0.043, p_flip 0.25) |") in md
