@@ -303,18 +303,19 @@ def plot_glue(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Pa
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False)
     colors = _colors(len(rows))
     for ax, (task, metric) in zip(axes[0], tasks):
+        lows = []  # the axis starts 5 below the lowest dot or interval end
         for i, row in enumerate(rows):
             xs = list(values(row, "glue", task).values())
             if not xs:
                 continue
             mean, lo, hi = stats.interval(xs)
             err = [[0.0], [0.0]] if math.isnan(lo) else [[mean - lo], [hi - mean]]
+            lows += [*xs] if math.isnan(lo) else [*xs, lo]
             ax.bar(i, mean, 0.7, yerr=err, capsize=3, color=colors[i], alpha=0.8)
             ax.plot([i] * len(xs), xs, "k.", markersize=4)
         ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=45,
                       ha="right", fontsize=8)
         ax.set_title(f"{task} ({metric})")
-        lows = [v for row in rows for v in values(row, "glue", task).values()]
         ax.set_ylim(max(0.0, min(lows, default=0.0) - 5), None)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
