@@ -72,6 +72,7 @@ def transformers_metrics(model, data_dir) -> dict[str, float]:
         "masked_lm_loss": float(xent(mlm_logits, mlm_labels)),
         "next_sentence_loss": float(xent(out.seq_relationship_logits, nsp_labels)),
         "masked_lm_correct": int((mlm_logits.argmax(-1) == mlm_labels).sum()),
+        "mlm_predictions": mlm_logits.argmax(-1).numpy(), "mlm_labels": mlm_labels.numpy(),
         "masked": len(rows),
         "next_sentence_correct": int((out.seq_relationship_logits.argmax(-1)
                                       == nsp_labels).sum()),
@@ -113,3 +114,29 @@ def test_evaluate_refuses_data_of_another_vocab(checkpoint_and_data, tmp_path):
         from bert_jax.train.evaluate import evaluate
 
         evaluate(str(other), str(data_dir), batch_size=8, progress=False)
+
+
+@pytest.mark.slow
+def test_mlm_by_piece_splits_transformers_predictions(checkpoint_and_data):
+    # experiments/mlm_by_piece.py: accuracy on word starts and on ## pieces, against
+    # transformers' argmax at the same positions, split by the vocab file's own spelling
+    import sys
+
+    from conftest import REPO
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from experiments import mlm_by_piece
+
+    model, model_dir, data_dir = checkpoint_and_data
+    ref = transformers_metrics(model, data_dir)
+    tokens = (model_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    cont = np.array([tokens[i].startswith("##") for i in ref["mlm_labels"]])
+    right = ref["mlm_predictions"] == ref["mlm_labels"]
+    ours = mlm_by_piece.score(model_dir, data_dir, batch_size=8)
+    assert (ours["start_positions"], ours["continuation_positions"]) == (
+        int((~cont).sum()), int(cont.sum()))
+    assert cont.sum() >= 10 and (~cont).sum() >= 10  # both kinds are there
+    assert ours["start_accuracy"] == right[~cont].mean()
+    assert ours["continuation_accuracy"] == right[cont].mean()
+    assert ours["accuracy"] == ref["masked_lm_correct"] / ref["masked"]

@@ -139,3 +139,15 @@ def test_report_prints_holm_beside_each_verdict(tmp_path):
     md = path.read_text()
     assert ("| mlm_only | **better** (Δ -3.000, p 0.021, Holm 0.043, p_flip 0.25) "
             "| **worse** (Δ -3.0, p 0.021, Holm 0.043, p_flip 0.25) |") in md
+
+
+def test_mlm_by_piece_counts():
+    from experiments import mlm_by_piece
+
+    continuation = np.array([False, False, True, True])  # ids 2, 3 are ## pieces
+    labels = np.array([[1, 2, 3], [0, 2, 0]])
+    predictions = np.array([[1, 2, 0], [1, 2, 0]])
+    weights = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the last slot is padding
+    # starts: (0,0) right, (1,0) wrong; ## pieces: (0,1) right, (0,2) wrong, (1,1) right
+    assert mlm_by_piece.by_piece(predictions, labels, weights, continuation) == {
+        "start": [1, 2], "continuation": [2, 3]}
