@@ -30,7 +30,7 @@ def by_piece(predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray,
     real = weights > 0
     correct = (predictions == labels) & real
     cont = continuation[labels] & real
-    start = ~continuation[labels] & real
+    start = real & ~cont
     return {"start": [int(correct[start].sum()), int(start.sum())],
             "continuation": [int(correct[cont].sum()), int(cont.sum())]}
 
@@ -42,6 +42,7 @@ def score(workdir: Path, eval_data: Path, batch_size: int = 64) -> dict[str, Any
 
     from bert_jax import weights
     from bert_jax.data import PretrainingLoader
+    from bert_jax.train.evaluate import check_data_vocab
 
     loaded = weights.load_pretrained(str(workdir), head="auto")
     if loaded.tokenizer is None:
@@ -58,6 +59,7 @@ def score(workdir: Path, eval_data: Path, batch_size: int = 64) -> dict[str, Any
 
     loader = PretrainingLoader(eval_data, batch_size, shuffle=False, repeat=False,
                                drop_remainder=False)
+    check_data_vocab(loaded, loader, str(workdir), str(eval_data))
     totals = {"start": [0, 0], "continuation": [0, 0]}
     for i in range(len(loader)):
         b = loader.batch(0, i)

@@ -202,8 +202,7 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
                 continue
             cells = [row["variant"]]
             compared = [compare(row, base, key, hib, task) for key, task, _, hib, _ in metrics]
-            adjusted = stats.holm([c["p"] if c["verdict"] != "–" else math.nan
-                                   for c in compared])
+            adjusted = stats.holm([c["p"] for c in compared])  # nan where untested
             for c, p_holm, (_, task, _, _, scale) in zip(compared, adjusted, metrics):
                 if c["verdict"] == "–":
                     cells.append("–")

@@ -114,12 +114,12 @@ def test_evaluate_refuses_data_of_another_vocab(checkpoint_and_data, tmp_path):
         from bert_jax.train.evaluate import evaluate
 
         evaluate(str(other), str(data_dir), batch_size=8, progress=False)
+    with pytest.raises(UserError, match="another vocab"):  # the per-piece split checks too
+        _mlm_by_piece().score(other, data_dir, batch_size=8)
 
 
-@pytest.mark.slow
-def test_mlm_by_piece_splits_transformers_predictions(checkpoint_and_data):
-    # experiments/mlm_by_piece.py: accuracy on word starts and on ## pieces, against
-    # transformers' argmax at the same positions, split by the vocab file's own spelling
+def _mlm_by_piece():
+    """experiments/mlm_by_piece.py (`experiments` is a top-level folder, not installed)."""
     import sys
 
     from conftest import REPO
@@ -128,6 +128,14 @@ def test_mlm_by_piece_splits_transformers_predictions(checkpoint_and_data):
         sys.path.insert(0, str(REPO))
     from experiments import mlm_by_piece
 
+    return mlm_by_piece
+
+
+@pytest.mark.slow
+def test_mlm_by_piece_splits_transformers_predictions(checkpoint_and_data):
+    # experiments/mlm_by_piece.py: accuracy on word starts and on ## pieces, against
+    # transformers' argmax at the same positions, split by the vocab file's own spelling
+    mlm_by_piece = _mlm_by_piece()
     model, model_dir, data_dir = checkpoint_and_data
     ref = transformers_metrics(model, data_dir)
     tokens = (model_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")

@@ -37,7 +37,7 @@ def evaluate(model: str, data_dir: str, *, batch_size: int = 32,
                                repeat=False, drop_remainder=False,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
-    _check_vocab(loaded, loader, model, data_dir)
+    check_data_vocab(loaded, loader, model, data_dir)
     name = heads.objective_for_data(loaded.head, loader.pair_objective)
     spec = heads.objective(name)
     mesh = sharding.make_mesh(mesh_shape)
@@ -61,8 +61,8 @@ def evaluate(model: str, data_dir: str, *, batch_size: int = 32,
             "examples": examples, "batches": count, **metrics}
 
 
-def _check_vocab(loaded: weights.Pretrained, loader: PretrainingLoader, model: str,
-                 data_dir: str) -> None:
+def check_data_vocab(loaded: weights.Pretrained, loader: PretrainingLoader, model: str,
+                     data_dir: str) -> None:
     """Token ids mean nothing under another vocab: refuse data made with a different one."""
     meta = loader.metadata
     if int(meta["vocab_size"]) > loaded.config.vocab_size:
