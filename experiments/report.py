@@ -145,7 +145,8 @@ def write(rows: list[dict[str, Any]], results_dir: Path, study_dir: Path, state:
     tasks = tasks_of(rows)
     baseline = state.result("baseline") if state.done("baseline") else None
     write_csv(rows, tasks, results_dir / "ablation.csv")
-    write_markdown(rows, tasks, baseline, results_dir / "ablation.md", study_dir)
+    write_markdown(rows, tasks, baseline, results_dir / "ablation.md", study_dir,
+                   state.hours_by_kind())
     plot_curves(rows, results_dir / "curves.png", baseline)
     if tasks:
         plot_glue(rows, tasks, results_dir / "glue.png")
@@ -168,7 +169,8 @@ def write_csv(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Pa
 
 
 def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
-                   baseline: dict[str, Any] | None, path: Path, study_dir: Path) -> None:
+                   baseline: dict[str, Any] | None, path: Path, study_dir: Path,
+                   hours: dict[str, float]) -> None:
     metrics = _metrics(tasks)
     head = ["variant", "overrides", "steps", "seeds", *[m[2] for m in metrics],
             "pair acc %", "pre-train min/run", "GLUE min/run"]
@@ -228,10 +230,22 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
         "",
         *verdicts,
         "",
+        _time_note(hours),
+        "",
         f"Each run's files: `{study_dir}/<variant>/seed<k>/` (pretrain/config.json, "
         "pretrain/metrics.jsonl, eval.json, glue/summary.json); ablation.csv has every run.",
     ]
     files.write_text_atomic(path, "\n".join(lines + notes) + "\n")
+
+
+def _time_note(hours: dict[str, float]) -> str:
+    """The study's wall-clock time as state.json records it (every attempt of every
+    stage, including runs of variants or seeds outside this table)."""
+    rest = sum(h for kind, h in hours.items() if kind not in ("pretrain", "glue"))
+    return (f"Study time: {sum(hours.values()):.1f} hours of wall clock, summed over every "
+            f"attempt of every stage in state.json: pre-training "
+            f"{hours.get('pretrain', 0.0):.1f} h, GLUE {hours.get('glue', 0.0):.1f} h, "
+            f"the rest (corpus, vocab, data, held-out evaluation) {rest:.1f} h.")
 
 
 def _colors(n: int) -> list[Any]:

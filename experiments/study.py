@@ -71,6 +71,15 @@ class State:
         """Wall-clock spent in stage `key`, summed over attempts."""
         return float(self.data["seconds"].get(key, 0.0))
 
+    def hours_by_kind(self) -> dict[str, float]:
+        """Hours spent per kind of stage (`pretrain`, `glue`, ...: a key's first part),
+        over every attempt of every stage the study has run."""
+        hours: dict[str, float] = {}
+        for key, seconds in self.data["seconds"].items():
+            kind = key.split("/")[0]
+            hours[kind] = hours.get(kind, 0.0) + seconds / 3600
+        return hours
+
     def run(self, key: str, fn: Callable[[], Any]) -> Any:
         """`fn()` unless stage `key` is finished; records it (atomically) when it is."""
         if self.done(key):

@@ -267,6 +267,14 @@ def test_a_running_stage_saves_its_seconds_before_it_ends(tmp_path):
         "result"] == seen
 
 
+def test_hours_by_kind_sums_every_attempt_per_kind_of_stage(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"finished": {}, "seconds": {
+        "vocab": 36.0, "pretrain/a/seed0": 3600.0, "pretrain/b/seed1": 1800.0,
+        "glue/a/seed0": 720.0}}))
+    assert study.State(path).hours_by_kind() == {"vocab": 0.01, "pretrain": 1.5, "glue": 0.2}
+
+
 def test_a_relative_study_dir_resumes(tmp_path, monkeypatch):
     # Saved configs hold absolute data paths; the check against them must not see a
     # relative --study-dir as another config.
