@@ -270,6 +270,22 @@ def seed_band(curves: list[list[dict[str, Any]]], key: str
     return steps, mean, lo, hi
 
 
+def trailing_mean(curve: list[dict[str, Any]], key: str, steps: int
+                  ) -> list[dict[str, Any]]:
+    """`curve` with `key` replaced at each record by the mean of the records in the last
+    `steps` steps (those with step in (s - steps, s]): per-log train losses are too noisy
+    to read a seed band from."""
+    points = [(r["step"], r[key]) for r in curve if r.get(key) is not None]
+    out, start, total = [], 0, 0.0
+    for end, (step, value) in enumerate(points):
+        total += value
+        while points[start][0] <= step - steps:
+            total -= points[start][1]
+            start += 1
+        out.append({"step": step, key: total / (end + 1 - start)})
+    return out
+
+
 def plot_curves(rows: list[dict[str, Any]], path: Path,
                 baseline: dict[str, Any] | None = None) -> None:
     """Held-out MLM loss, train MLM loss and held-out MLM accuracy against step: the mean
@@ -279,13 +295,17 @@ def plot_curves(rows: list[dict[str, Any]], path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    smooth = 500  # steps averaged into each point of the train curve
     panels = [("eval", "masked_lm_loss", "held-out MLM loss", "loss"),
-              ("train", "masked_lm_loss", "train MLM loss", "loss"),
+              ("train", "masked_lm_loss", f"train MLM loss (trailing mean of {smooth} steps)",
+               "loss"),
               ("eval", "masked_lm_accuracy", "held-out MLM accuracy", "accuracy")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for row, color in zip(rows, _colors(len(rows))):
         for ax, (split, key, _, _) in zip(axes, panels):
             curves = [read_metrics(r["workdir"], split) for r in row["runs"].values()]
+            if split == "train":
+                curves = [trailing_mean(c, key, smooth) for c in curves]
             steps, mean, lo, hi = seed_band([c for c in curves if c], key)
             if steps:
                 ax.plot(steps, mean, color=color, label=f"{row['variant']} (n={len(curves)})",

@@ -91,6 +91,15 @@ def test_frequent_token_baseline_scores():
     assert (out["train_positions"], out["eval_positions"]) == (10, 10)
 
 
+def test_trailing_mean_averages_the_last_window_of_steps():
+    curve = [{"step": 25, "loss": 8.0}, {"step": 50, "loss": 6.0, "lr": 1.0},
+             {"step": 75}, {"step": 100, "loss": 4.0}, {"step": 125, "loss": 1.0}]
+    # window 50 steps: (s - 50, s]; the record without a loss is skipped
+    assert report.trailing_mean(curve, "loss", 50) == [
+        {"step": 25, "loss": 8.0}, {"step": 50, "loss": 7.0},
+        {"step": 100, "loss": 4.0}, {"step": 125, "loss": 2.5}]
+
+
 def test_seed_band_uses_the_steps_every_seed_has():
     curves = [[{"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0}, {"step": 30, "loss": 1.0}],
               [{"step": 10, "loss": 5.0}, {"step": 20, "loss": 2.0}]]
