@@ -241,11 +241,11 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
 def _time_note(hours: dict[str, float]) -> str:
     """The study's wall-clock time as state.json records it (every attempt of every
     stage, including runs of variants or seeds outside this table)."""
-    rest = sum(h for kind, h in hours.items() if kind not in ("pretrain", "glue"))
+    rest = sorted(kind for kind in hours if kind not in ("pretrain", "glue"))
     return (f"Study time: {sum(hours.values()):.1f} hours of wall clock, summed over every "
             f"attempt of every stage in state.json: pre-training "
             f"{hours.get('pretrain', 0.0):.1f} h, GLUE {hours.get('glue', 0.0):.1f} h, "
-            f"the rest (corpus, vocab, data, held-out evaluation) {rest:.1f} h.")
+            f"the rest ({', '.join(rest) or 'none'}) {sum(hours[k] for k in rest):.1f} h.")
 
 
 def _colors(n: int) -> list[Any]:

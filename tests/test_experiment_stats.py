@@ -150,8 +150,7 @@ def test_report_prints_holm_beside_each_verdict(tmp_path):
     assert ("| mlm_only | **better** (Δ -3.000, p 0.021, Holm 0.043, p_flip 0.25) "
             "| **worse** (Δ -3.0, p 0.021, Holm 0.043, p_flip 0.25) |") in md
     assert ("Study time: 2.8 hours of wall clock, summed over every attempt of every stage "
-            "in state.json: pre-training 2.2 h, GLUE 0.5 h, the rest (corpus, vocab, data, "
-            "held-out evaluation) 0.1 h.") in md
+            "in state.json: pre-training 2.2 h, GLUE 0.5 h, the rest (eval, vocab) 0.1 h.") in md
 
 
 def test_mlm_by_piece_counts():
