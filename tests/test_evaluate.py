@@ -22,6 +22,7 @@ from bert_jax import cli
 from bert_jax.data import PretrainingLoader, create_pretraining_data
 from bert_jax.errors import UserError
 from bert_jax.tokenizer import Tokenizer
+from experiments import mlm_by_piece
 
 SIZES = dict(vocab_size=28996, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=37, max_position_embeddings=64)
@@ -115,27 +116,13 @@ def test_evaluate_refuses_data_of_another_vocab(checkpoint_and_data, tmp_path):
 
         evaluate(str(other), str(data_dir), batch_size=8, progress=False)
     with pytest.raises(UserError, match="another vocab"):  # the per-piece split checks too
-        _mlm_by_piece().score(other, data_dir, batch_size=8)
-
-
-def _mlm_by_piece():
-    """experiments/mlm_by_piece.py (`experiments` is a top-level folder, not installed)."""
-    import sys
-
-    from conftest import REPO
-
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from experiments import mlm_by_piece
-
-    return mlm_by_piece
+        mlm_by_piece.score(other, data_dir, batch_size=8)
 
 
 @pytest.mark.slow
 def test_mlm_by_piece_splits_transformers_predictions(checkpoint_and_data):
     # experiments/mlm_by_piece.py: accuracy on word starts and on ## pieces, against
     # transformers' argmax at the same positions, split by the vocab file's own spelling
-    mlm_by_piece = _mlm_by_piece()
     model, model_dir, data_dir = checkpoint_and_data
     ref = transformers_metrics(model, data_dir)
     tokens = (model_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")

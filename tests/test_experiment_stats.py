@@ -4,16 +4,11 @@ against values computed by hand (closed forms noted beside each)."""
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
 
-if str(REPO) not in sys.path:  # `experiments` is a top-level folder, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from experiments import baseline, report, stats  # noqa: E402
+from experiments import baseline, report, stats
 
 T_975_DF2 = 4.302653  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
 T_975_DF1 = 12.706205

@@ -13,13 +13,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, shared_file
+from conftest import shared_file
 
-if str(REPO) not in sys.path:  # `experiments` is a top-level folder, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from bert_jax import configlib, files  # noqa: E402
-from experiments import corpus, datasets, stages, study, variants  # noqa: E402
+from bert_jax import configlib, files
+from experiments import corpus, datasets, stages, study, variants
 
 
 def small_study(**overrides) -> ml_collections.ConfigDict:
