@@ -1,12 +1,13 @@
-"""The study's results: tables (markdown + CSV) and two plots, read from the run directories.
+"""The study's results: tables (markdown + CSV) and two plots, read from the run records.
 
-Every number comes from a file under the study directory: each run's (`<variant>/seed<k>`)
-pre-training `metrics.jsonl` (last train record, the pair-task accuracy of the last
-periodic evaluation, curves), `eval.json` (held-out MLM on the reference set),
-`glue/summary.json` (dev score per task: the mean over the fine-tuning seeds), and
-`state.json` (steps, wall-clock, the frequent-token baseline). The pre-training seed is
-the unit: each metric gets a mean and 95% t interval over seeds, and each variant a
-test against the base variant (experiments/stats.py). Written to `results_dir`:
+Every number comes from the study's records (experiments/records.py), which sit beside
+the report in `runs/`: each run's (`<variant>/seed<k>.json`) train MLM loss per log,
+periodic held-out evaluations (the pair-task accuracy of the last one), the reference
+held-out evaluation, the GLUE summary (dev score per task: the mean over the fine-tuning
+seeds), steps and seconds; `study.json` for the frequent-token baseline and the seconds
+of every stage. The pre-training seed is the unit: each metric gets a mean and 95% t
+interval over seeds, and each variant a test against the base variant
+(experiments/stats.py). Written to `results_dir`:
   ablation.md    the summary table, the verdicts, the baseline, how to read them
   ablation.csv   one row per run (variant, seed): the raw numbers behind the summary
   curves.png     held-out and train MLM loss and held-out MLM accuracy against step:
@@ -17,7 +18,6 @@ test against the base variant (experiments/stats.py). Written to `results_dir`:
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from bert_jax import files
-from bert_jax.train.writer import read_metrics
-from experiments import stats, variants
+from experiments import records, stats, variants
 
 PAIR_METRICS = ("next_sentence_accuracy", "sentence_order_accuracy")
 # (key in a run, label, higher is better, scale for display)
@@ -34,49 +33,37 @@ MLM_METRICS = [("eval_mlm_loss", "held-out MLM loss", False, 1.0),
                ("eval_mlm_accuracy", "MLM acc %", True, 100.0)]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def glue_tasks(summary: dict[str, Any]) -> dict[str, Any]:
-    """Per-task entries of a `bert-jax glue` summary.json (`{"tasks": {...}, ...}`)."""
-    return summary.get("tasks", summary) if isinstance(summary.get("tasks"), dict) else summary
-
-
-def _run(study_dir: Path, run: str, state: Any) -> dict[str, Any] | None:
-    """One finished run's numbers, or None before its held-out evaluation."""
-    if not state.done(f"eval/{run}"):
-        return None
-    workdir = study_dir / run / "pretrain"
-    train = read_metrics(workdir, "train")
-    evals = read_metrics(workdir, "eval")
+def _run(record: dict[str, Any], path: str) -> dict[str, Any]:
+    """The numbers of one run's record (at `path`, relative to the results)."""
+    evals = record["evals"]
     pair = next((evals[-1][k] for k in PAIR_METRICS if evals and k in evals[-1]), None)
-    ev = _read_json(study_dir / run / "eval.json")
-    summary = _read_json(study_dir / run / "glue" / "summary.json")
+    tasks = records.glue_tasks(record["glue"] or {})
     return {
-        "steps": state.result(f"pretrain/{run}")["steps"],
-        "train_mlm_loss": train[-1].get("masked_lm_loss") if train else None,
-        "eval_mlm_loss": ev.get("masked_lm_loss"),
-        "eval_mlm_accuracy": ev.get("masked_lm_accuracy"),
+        "steps": record["steps"],
+        "train_mlm_loss": record["train"][-1]["masked_lm_loss"] if record["train"] else None,
+        "eval_mlm_loss": record["heldout"].get("masked_lm_loss"),
+        "eval_mlm_accuracy": record["heldout"].get("masked_lm_accuracy"),
         "pair_accuracy": pair,
-        "glue": {task: s["mean"] for task, s in glue_tasks(summary).items()},
-        "glue_metric": {task: s["main_metric"] for task, s in glue_tasks(summary).items()},
-        "pretrain_minutes": state.seconds(f"pretrain/{run}") / 60,
-        "glue_minutes": state.seconds(f"glue/{run}") / 60,
-        "workdir": str(workdir),
+        "glue": {task: s["mean"] for task, s in tasks.items()},
+        "glue_metric": {task: s["main_metric"] for task, s in tasks.items()},
+        "pretrain_minutes": record["seconds"]["pretrain"] / 60,
+        "glue_minutes": record["seconds"]["glue"] / 60,
+        "curves": {"train": record["train"], "eval": evals},
+        "record": path,
     }
 
 
-def collect(study_dir: Path, names: list[str], seeds: list[int], state: Any
+def collect(recs: records.Records, names: list[str], seeds: list[int]
             ) -> list[dict[str, Any]]:
-    """One dict per variant: `runs` {seed: numbers} of its finished runs."""
+    """One dict per variant: `runs` {seed: numbers} of its recorded runs."""
     rows = []
     for name in names:
         runs = {}
         for seed in seeds:
-            r = _run(study_dir, f"{name}/seed{seed}", state)
-            if r is not None:
-                runs[seed] = r
+            run = f"{name}/seed{seed}"
+            record = recs.run(run)
+            if record is not None:
+                runs[seed] = _run(record, f"{recs.root.name}/{run}.json")
         rows.append({"variant": name, "overrides": variants.describe(name), "runs": runs})
     return rows
 
@@ -139,14 +126,15 @@ def _cell(xs: dict[int, float], scale: float, digits: int) -> str:
     return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
 
 
-def write(rows: list[dict[str, Any]], results_dir: Path, study_dir: Path, state: Any) -> None:
+def write(rows: list[dict[str, Any]], results_dir: Path, recs: records.Records) -> None:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     tasks = tasks_of(rows)
-    baseline = state.result("baseline") if state.done("baseline") else None
+    study = recs.study() or {"shared": {}, "seconds": {}}
+    baseline = study["shared"].get("baseline")
     write_csv(rows, tasks, results_dir / "ablation.csv")
-    write_markdown(rows, tasks, baseline, results_dir / "ablation.md", study_dir,
-                   state.hours_by_kind())
+    write_markdown(rows, tasks, baseline, results_dir / "ablation.md",
+                   records.hours_by_kind(study["seconds"]))
     plot_curves(rows, results_dir / "curves.png", baseline)
     if tasks:
         plot_glue(rows, tasks, results_dir / "glue.png")
@@ -155,7 +143,7 @@ def write(rows: list[dict[str, Any]], results_dir: Path, study_dir: Path, state:
 def write_csv(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Path) -> None:
     head = ["variant", "seed", "steps", "train_mlm_loss", "eval_mlm_loss", "eval_mlm_accuracy",
             "pair_accuracy", *[t for t, _ in tasks], "pretrain_minutes", "glue_minutes",
-            "workdir"]
+            "record"]
     with files.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(head)
@@ -164,13 +152,13 @@ def write_csv(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Pa
                 line = [row["variant"], seed, *[r[k] for k in head[2:7]],
                         *[r["glue"].get(t) for t, _ in tasks],
                         round(r["pretrain_minutes"], 2), round(r["glue_minutes"], 2),
-                        r["workdir"]]
+                        r["record"]]
                 out.writerow(["" if v is None else v for v in line])
 
 
 def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
-                   baseline: dict[str, Any] | None, path: Path, study_dir: Path,
-                   hours: dict[str, float]) -> None:
+                   baseline: dict[str, Any] | None, path: Path, hours: dict[str, float]
+                   ) -> None:
     metrics = _metrics(tasks)
     head = ["variant", "overrides", "steps", "seeds", *[m[2] for m in metrics],
             "pair acc %", "pre-train min/run", "GLUE min/run"]
@@ -232,18 +220,18 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
         "",
         _time_note(hours),
         "",
-        f"Each run's files: `{study_dir}/<variant>/seed<k>/` (pretrain/config.json, "
-        "pretrain/metrics.jsonl, eval.json, glue/summary.json); ablation.csv has every run.",
+        "Each run's record: `runs/<variant>/seed<k>.json` beside this file (its curves, "
+        "held-out and GLUE results, resolved config, seconds); ablation.csv has every run.",
     ]
     files.write_text_atomic(path, "\n".join(lines + notes) + "\n")
 
 
 def _time_note(hours: dict[str, float]) -> str:
-    """The study's wall-clock time as state.json records it (every attempt of every
-    stage, including runs of variants or seeds outside this table)."""
+    """The study's wall-clock time as the records hold it (every attempt of every stage
+    in every study directory, including runs of variants or seeds outside this table)."""
     rest = sorted(kind for kind in hours if kind not in ("pretrain", "glue"))
     return (f"Study time: {sum(hours.values()):.1f} hours of wall clock, summed over every "
-            f"attempt of every stage in state.json: pre-training "
+            f"attempt of every stage in the records: pre-training "
             f"{hours.get('pretrain', 0.0):.1f} h, GLUE {hours.get('glue', 0.0):.1f} h, "
             f"the rest ({', '.join(rest) or 'none'}) {sum(hours[k] for k in rest):.1f} h.")
 
@@ -303,7 +291,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path,
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for row, color in zip(rows, _colors(len(rows))):
         for ax, (split, key, _, _) in zip(axes, panels):
-            curves = [read_metrics(r["workdir"], split) for r in row["runs"].values()]
+            curves = [r["curves"][split] for r in row["runs"].values()]
             if split == "train":
                 curves = [trailing_mean(c, key, smooth) for c in curves]
             steps, mean, lo, hi = seed_band([c for c in curves if c], key)

@@ -10,10 +10,13 @@ and to --results at the end. Rerun the same command after a kill: finished stage
 unfinished pre-training resumes from its checkpoint. Any study field can be overridden
 with --config.FIELD=VALUE (e.g. --config.glue.seeds=(1,2,3,4,5)); see
 experiments/ablation.py for the fields and experiments/variants.py for the variants.
---report-only writes the table and plots from the runs finished so far and runs nothing:
-a progress report, or the full table after some variants got more seeds
-(--variants mlm_nsp,random_init --config.seeds=(0,1,2,3,4), then --report-only with
---config.seeds=(0,1,2,3,4)).
+Each finished run's record goes to <results>/runs/ (experiments/records.py) and the table
+and plots are rewritten from the records after each run: commit them as they land. On a
+fresh checkout (the study directory gone) the same command makes the shared data again,
+checks it against the records and runs only what they lack. --report-only writes the
+table and plots from the records alone and runs nothing: the full table after some
+variants got more seeds (--variants mlm_nsp,random_init --config.seeds=(0,1,2,3,4), then
+--report-only with --config.seeds=(0,1,2,3,4)).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/ablation.py:cpu",
                    help="study config, FILE[:ARG]")
-    p.add_argument("--study-dir", required=True,
-                   help="where data, runs and state.json go (outside the repo or in runs/)")
+    p.add_argument("--study-dir", default=None,
+                   help="where data, runs and state.json go (outside the repo or in runs/); "
+                        "not needed with --report-only")
     p.add_argument("--results", default=None,
-                   help="where the table and plots go (default <study-dir>/results)")
+                   help="where the run records (runs/), the table and the plots go "
+                        "(default <study-dir>/results)")
     p.add_argument("--variants", default=None,
                    help=f"comma-separated, from: {', '.join(variants.VARIANTS)} "
                         "(default: the config's `variants`)")
@@ -51,9 +56,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="stop before GLUE (rerun without it later to add GLUE)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true",
-                   help="write the table and plots from the runs finished so far; run nothing")
+                   help="write the table and plots from the records in --results; run nothing")
     overrides = [a for a in argv if a.startswith("--config.")]
-    return p.parse_args([a for a in argv if not a.startswith("--config.")]), overrides
+    args = p.parse_args([a for a in argv if not a.startswith("--config.")])
+    if args.study_dir is None and not (args.report_only and args.results):
+        p.error("--study-dir is required (with --report-only: --study-dir or --results)")
+    return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             study.budget.minutes = args.minutes
         names = [n.strip() for n in study.variants.split(",") if n.strip()]
         if args.report_only:
-            rows = study_lib.write_report(study, args.study_dir, names, args.results)
+            rows = study_lib.write_report(
+                study, names, args.results or f"{args.study_dir}/results")
         else:
             rows = study_lib.run_study(study, args.study_dir, names, args.results,
                                        glue=not args.no_glue, progress=not args.no_progress)

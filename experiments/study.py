@@ -16,14 +16,18 @@ then for each pre-training seed, for each variant (run `<variant>/seed<k>`):
             (resolved config.json, metrics.jsonl, checkpoints; random_init: step 0)
   eval      held-out MLM of the last checkpoint on the reference set -> <run>/eval.json
   glue      `bert-jax glue` on the checkpoint -> <study>/<run>/glue/summary.json
-and after each seed the report (experiments/report.py) in <study>/results, at the end
-also in `results_dir`. Seed-major order: a study stopped early has whole seeds.
+After each run its record goes to `<results>/runs/<run>.json` and the report
+(experiments/report.py: table, plots) is rewritten in `<results>` from the records,
+ready to commit (`<results>` is `results_dir`, by default <study>/results). Seed-major
+order: a study stopped early has whole seeds.
 <study>/state.json lists the finished stages (with their seconds and results) and is
 replaced atomically after each one; a rerun skips them. A pre-training cut short
 resumes from its last checkpoint (pretrain.run does that) and `bert-jax glue` skips
 its finished runs, so a killed study loses at most the work since the last save.
 <study>/study.json holds the study config; a rerun with other settings is refused, but
-it may name more variants or more seeds.
+it may name more variants or more seeds. A new study directory (another machine) with
+the same `results_dir` makes the shared stages again, checks them against the records
+and runs only the runs the records lack (experiments/records.py).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import ml_collections
 from bert_jax import configlib, files
 from bert_jax.errors import UserError
 from bert_jax.runs import RunDir
-from experiments import corpus, datasets, report, variants
+from experiments import corpus, datasets, records, report, variants
 from experiments.stages import Stages
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,12 @@ class State:
         self.heartbeat_s = heartbeat_s
         self.data = (json.loads(path.read_text()) if path.exists()
                      else {"finished": {}, "seconds": {}})
+        # Tells this directory's seconds from another's in the records (records.py).
+        self.data.setdefault("id", records.new_id())
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
 
     def done(self, key: str) -> bool:
         return key in self.data["finished"]
@@ -71,15 +81,6 @@ class State:
         """Wall-clock spent in stage `key`, summed over attempts."""
         return float(self.data["seconds"].get(key, 0.0))
 
-    def hours_by_kind(self) -> dict[str, float]:
-        """Hours spent per kind of stage (`pretrain`, `glue`, ...: a key's first part),
-        over every attempt of every stage the study has run."""
-        hours: dict[str, float] = {}
-        for key, seconds in self.data["seconds"].items():
-            kind = key.split("/")[0]
-            hours[kind] = hours.get(kind, 0.0) + seconds / 3600
-        return hours
-
     def run(self, key: str, fn: Callable[[], Any]) -> Any:
         """`fn()` unless stage `key` is finished; records it (atomically) when it is."""
         if self.done(key):
@@ -89,7 +90,7 @@ class State:
 
         def record() -> None:
             self.data["seconds"][key] = round(before + time.perf_counter() - start, 3)
-            self._save()
+            self.save()
 
         stop = threading.Event()
 
@@ -108,25 +109,28 @@ class State:
         self.data["finished"][key] = {"seconds": self.data["seconds"][key],
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                       "result": result}
-        self._save()
+        self.save()
         return result
 
-    def _save(self) -> None:
+    def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         files.write_json_atomic(self.path, self.data)
+
+
+def _study_json(study: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The study config as JSON, less the variants and seeds (a study may grow by them)."""
+    current = json.loads(configlib.to_json(study))
+    current.pop("variants", None)
+    current.pop("seeds", None)
+    return current
 
 
 def _check_study_config(study: ml_collections.ConfigDict, study_dir: Path) -> None:
     """Refuses to continue a study made with other settings (variants and seeds may grow)."""
     path = study_dir / "study.json"
-    current = json.loads(configlib.to_json(study))
-    current.pop("variants", None)
-    current.pop("seeds", None)
+    current = _study_json(study)
     if path.exists():
-        saved = json.loads(path.read_text())
-        saved.pop("seeds", None)
-        changed = variants.diff(ml_collections.ConfigDict(saved),
-                                ml_collections.ConfigDict(current))
+        changed = records.config_changes(json.loads(path.read_text()), current)
         if changed:
             raise UserError(f"{study_dir} holds a study with other settings ({', '.join(changed)}"
                             "); use a new --study-dir, or set those fields back")
@@ -163,12 +167,14 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     """Runs (or resumes) the study; returns the table's rows (see the module doc)."""
     stages = stages or Stages()
     study_dir = Path(study_dir)
+    results_dir = Path(results_dir) if results_dir is not None else study_dir / "results"
     seeds = [int(s) for s in study.seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--config.seeds={tuple(study.seeds)}: give distinct seeds")
     for name in names:
         variants.resolve(study, name, 1)  # unknown names fail before any work
     _check_study_config(study, study_dir)
+    config = _study_json(study)  # as given (the corpus and vocab paths are changed below)
     state = State(study_dir / "state.json")
     if str(study.corpus.glue_text):
         state.run("corpus", lambda: stages.make_corpus(study, study_dir / "corpus"))
@@ -193,7 +199,15 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     state.run("baseline", lambda: stages.baseline(
         study_dir / "data" / base_specs["train"].name, reference))
 
+    # The records of finished runs (committed; maybe from a study directory now gone):
+    # same settings and data, or refused; the runs they hold are not run again.
+    recs = records.Records(results_dir / "runs")
+    recs.restore_budget(config, state)
     steps = state.run("budget", lambda: _budget_steps(study, study_dir, stages))
+    recs.sync_study(config, state, study_dir)
+    taken = recs.restore(state, [run_name(n, k) for k in seeds for n in names], glue)
+    if taken:
+        log.info("from the records in %s: %s", recs.root, ", ".join(taken))
 
     for seed in seeds:
         for name in names:
@@ -206,31 +220,40 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
                 stages.pretrain(cfg, workdir, progress=progress)
                 return {"steps": int(cfg.train.total_steps)}
 
+            finished_before = len(state.data["finished"])
             state.run(f"pretrain/{run}", pretrain)
             state.run(f"eval/{run}", lambda run=run: _evaluate(
                 study, study_dir, run, reference, stages))
             if glue:
-                state.run(f"glue/{run}", lambda run=run: sorted(report.glue_tasks(stages.glue(
+                state.run(f"glue/{run}", lambda run=run: sorted(records.glue_tasks(stages.glue(
                     study_dir / run / "pretrain", study_dir / run / "glue", study.glue))))
-        rows = report.collect(study_dir, names, seeds, state)
-        report.write(rows, study_dir / "results", study_dir, state)
-    if results_dir is not None and Path(results_dir) != study_dir / "results":
-        report.write(rows, Path(results_dir), study_dir, state)
+            ran = len(state.data["finished"]) > finished_before
+            here = "restored" not in state.data["finished"][f"pretrain/{run}"]
+            if here and (ran or not recs.path(run).exists()):
+                recs.save_run(records.make_run(study_dir, run, state))  # its files are here
+                recs.sync_study(config, state, study_dir)
+            if ran:  # a table to commit as each run lands
+                report.write(report.collect(recs, names, seeds), results_dir, recs)
+    rows = report.collect(recs, names, seeds)
+    report.write(rows, results_dir, recs)
     return rows
 
 
-def write_report(study: ml_collections.ConfigDict, study_dir: str | Path, names: Sequence[str],
-                 results_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Writes the table and plots from the runs of `names` x `study.seeds` finished so far
-    and runs nothing (a progress report, or one over variants grown to unequal seeds)."""
-    study_dir = Path(study_dir)
-    if not (study_dir / "state.json").exists():
-        raise UserError(f"{study_dir} holds no study (no state.json) to report on")
-    _check_study_config(study, study_dir)
-    state = State(study_dir / "state.json")
-    rows = report.collect(study_dir, list(names), [int(s) for s in study.seeds], state)
-    report.write(rows, Path(results_dir) if results_dir else study_dir / "results",
-                 study_dir, state)
+def write_report(study: ml_collections.ConfigDict, names: Sequence[str],
+                 results_dir: str | Path) -> list[dict[str, Any]]:
+    """Writes the table and plots into `results_dir` from the records there (`runs/`) of
+    `names` x `study.seeds`, and runs nothing: no study directory is needed (a report on a
+    fresh checkout, a progress report, or one over variants grown to unequal seeds)."""
+    recs = records.Records(Path(results_dir) / "runs")
+    saved = recs.study()
+    if saved is None:
+        raise UserError(f"{recs.root} holds no study records ({records.STUDY_FILE}) to report on")
+    changed = recs.config_changes(_study_json(study))
+    if changed:
+        raise UserError(f"the records in {recs.root} come from a study with other settings "
+                        f"({', '.join(changed)}); set those fields back")
+    rows = report.collect(recs, list(names), [int(s) for s in study.seeds])
+    report.write(rows, Path(results_dir), recs)
     return rows
 
 

@@ -140,12 +140,12 @@ def test_report_prints_holm_beside_each_verdict(tmp_path):
     row = _row("mlm_only", [1, 2, 3], [0.01, 0.02, 0.03])
     path = tmp_path / "ablation.md"
     hours = {"pretrain": 2.25, "glue": 0.5, "vocab": 0.03, "eval": 0.02}
-    report.write_markdown([base, row], [], None, path, tmp_path, hours)
+    report.write_markdown([base, row], [], None, path, hours)
     md = path.read_text()
     assert ("| mlm_only | **better** (Δ -3.000, p 0.021, Holm 0.043, p_flip 0.25) "
             "| **worse** (Δ -3.0, p 0.021, Holm 0.043, p_flip 0.25) |") in md
     assert ("Study time: 2.8 hours of wall clock, summed over every attempt of every stage "
-            "in state.json: pre-training 2.2 h, GLUE 0.5 h, the rest (eval, vocab) 0.1 h.") in md
+            "in the records: pre-training 2.2 h, GLUE 0.5 h, the rest (eval, vocab) 0.1 h.") in md
 
 
 def test_mlm_by_piece_counts():

@@ -16,7 +16,7 @@ import pytest
 from conftest import shared_file
 
 from bert_jax import configlib, files
-from experiments import corpus, datasets, stages, study, variants
+from experiments import corpus, datasets, records, stages, study, variants
 
 
 def small_study(**overrides) -> ml_collections.ConfigDict:
@@ -131,9 +131,10 @@ class FakeStages:
     stage and its target) and writes the files the real one would; call number `kill_at`
     raises before doing anything, as a kill would."""
 
-    def __init__(self, kill_at: int | None = None) -> None:
+    def __init__(self, kill_at: int | None = None, vocab: str = "[PAD]\nthe\n") -> None:
         self.calls: list[str] = []
         self.kill_at = kill_at
+        self.vocab = vocab  # what make_vocab writes
         self.data_inputs: set[tuple[str, str, str]] = set()
 
     def _enter(self, key: str) -> None:
@@ -154,6 +155,7 @@ class FakeStages:
         self._enter("vocab")
         self.vocab_input = study_cfg.corpus.train
         out_dir.mkdir(parents=True)
+        (out_dir / "vocab.txt").write_text(self.vocab)
         return {"tokens": 4096}
 
     def make_data(self, spec, study_cfg, out_dir: Path) -> dict:
@@ -208,9 +210,10 @@ class FakeStages:
 NAMES = ["mlm_nsp", "mlm_only"]
 
 
-def run_with(fake: FakeStages, study_dir: Path, names=tuple(NAMES), **overrides) -> list[dict]:
+def run_with(fake: FakeStages, study_dir: Path, names=tuple(NAMES), results: Path | None = None,
+             **overrides) -> list[dict]:
     s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1), **overrides})
-    return study.run_study(s, study_dir, list(names), study_dir / "results",
+    return study.run_study(s, study_dir, list(names), results or study_dir / "results",
                            stages=fake.stages(), progress=False)
 
 
@@ -264,12 +267,11 @@ def test_a_running_stage_saves_its_seconds_before_it_ends(tmp_path):
         "result"] == seen
 
 
-def test_hours_by_kind_sums_every_attempt_per_kind_of_stage(tmp_path):
-    path = tmp_path / "state.json"
-    path.write_text(json.dumps({"finished": {}, "seconds": {
-        "vocab": 36.0, "pretrain/a/seed0": 3600.0, "pretrain/b/seed1": 1800.0,
-        "glue/a/seed0": 720.0}}))
-    assert study.State(path).hours_by_kind() == {"vocab": 0.01, "pretrain": 1.5, "glue": 0.2}
+def test_hours_by_kind_sums_every_attempt_per_kind_of_stage_over_study_dirs():
+    seconds = {"dir-a": {"vocab": 36.0, "pretrain/a/seed0": 3600.0, "glue/a/seed0": 720.0},
+               "dir-b": {"vocab": 36.0, "pretrain/b/seed1": 1800.0}}
+    assert records.hours_by_kind(seconds) == pytest.approx(
+        {"vocab": 0.02, "pretrain": 1.5, "glue": 0.2})
 
 
 def test_a_relative_study_dir_resumes(tmp_path, monkeypatch):
@@ -291,17 +293,73 @@ def test_report_only_runs_nothing_and_takes_variants_with_unequal_seeds(tmp_path
     assert grow.calls == ["pretrain/mlm_nsp/seed2", "eval/mlm_nsp/seed2", "glue/mlm_nsp/seed2"]
     s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1, 2)})
     state_before = (tmp_path / "state.json").read_text()
-    rows = study.write_report(s, tmp_path, NAMES, tmp_path / "report")
+    (tmp_path / "results" / "ablation.md").unlink()
+    rows = study.write_report(s, NAMES, tmp_path / "results")
     assert [(r["variant"], sorted(r["runs"])) for r in rows] == [
         ("mlm_nsp", [0, 1, 2]), ("mlm_only", [0, 1])]
     assert (tmp_path / "state.json").read_text() == state_before  # nothing ran
-    md = (tmp_path / "report" / "ablation.md").read_text()
+    md = (tmp_path / "results" / "ablation.md").read_text()
     assert "| mlm_nsp | `(base)` | 120 | 3 |" in md
     assert "| mlm_only | `objective=mlm` | 120 | 2 |" in md
     from bert_jax.errors import UserError
-    with pytest.raises(UserError, match="no state.json"):
-        study.write_report(s, tmp_path / "empty", NAMES)
-    assert not (tmp_path / "empty").exists()
+    with pytest.raises(UserError, match="no study records"):
+        study.write_report(s, NAMES, tmp_path / "empty")
+    with pytest.raises(UserError, match="other settings .corpus.seed"):
+        study.write_report(small_study(**{"budget.minutes": 1.0, "corpus.seed": 7}), NAMES,
+                           tmp_path / "results")
+
+
+def test_a_new_study_dir_takes_the_recorded_runs_and_runs_only_the_rest(tmp_path):
+    # The study directory is scratch (a new machine has none); the records are committed.
+    results = tmp_path / "results"
+    run_with(FakeStages(), tmp_path / "first", results=results, seeds=(0,))
+    first_md = (results / "ablation.md").read_text()
+    record = json.loads((results / "runs" / "mlm_only" / "seed0.json").read_text())
+    assert record["steps"] == 120 and record["config"]["objective"] == "mlm"
+    assert record["heldout"] == {"masked_lm_accuracy": 0.25, "masked_lm_loss": 5.0}
+    assert record["train"][-1] == {"step": 120, "masked_lm_loss": 9.0 - 1.2}
+    assert [e["step"] for e in record["evals"]] == list(range(10, 121, 10))
+    assert sorted(record["glue"]["tasks"]) == ["RTE", "SST-2", "STS-B"]
+    assert set(record["seconds"]) == {"pretrain", "eval", "glue"}
+    import shutil
+    shutil.rmtree(tmp_path / "first")
+
+    # The report alone, from the records: the same table the study wrote.
+    (results / "ablation.md").unlink()
+    study.write_report(small_study(**{"budget.minutes": 1.0, "seeds": (0,)}), NAMES, results)
+    assert (results / "ablation.md").read_text() == first_md
+
+    fake = FakeStages()  # a new directory, one more seed: shared stages, then seed 1 only
+    rows = run_with(fake, tmp_path / "second", results=results, seeds=(0, 1))
+    assert fake.calls == [
+        "corpus", "vocab",
+        "data/eval64-nsp-static-p15-sub-mp10", "data/eval64-single-static-p15-sub-mp10",
+        "data/train64-nsp-static-p15-sub-mp10", "data/train64-single-static-p15-sub-mp10",
+        "baseline",  # no calibrate: the recorded budget (timed elsewhere) is kept
+        *[f"{stage}/{v}/seed1" for v in NAMES for stage in ("pretrain", "eval", "glue")]]
+    assert [sorted(r["runs"]) for r in rows] == [[0, 1], [0, 1]]
+    assert rows[1]["runs"][0]["eval_mlm_accuracy"] == 0.25  # from the record
+    assert rows[1]["runs"][1]["eval_mlm_accuracy"] == 0.26  # run here
+    seconds = json.loads((results / "runs" / "study.json").read_text())["seconds"]
+    assert len(seconds) == 2  # each directory's attempts count once
+    assert "pretrain/mlm_nsp/seed0" in next(iter(seconds.values()))
+    assert not any(k.endswith("seed0") for k in list(seconds.values())[1])
+    again = FakeStages()
+    run_with(again, tmp_path / "second", results=results, seeds=(0, 1))
+    assert again.calls == []
+
+
+def test_records_from_other_data_are_refused(tmp_path):
+    from bert_jax.errors import UserError
+    results = tmp_path / "results"
+    run_with(FakeStages(), tmp_path / "first", results=results, seeds=(0,))
+    with pytest.raises(UserError, match=r"other settings or data \(vocab \(sha256\)\)"):
+        run_with(FakeStages(vocab="[PAD]\nthe\nof\n"), tmp_path / "second", results=results,
+                 seeds=(0,))
+    with pytest.raises(UserError, match=r"other settings or data \(corpus.seed\)"):
+        run_with(FakeStages(), tmp_path / "third", results=results, seeds=(0,),
+                 **{"corpus.seed": 7})
+    assert not (tmp_path / "second" / "mlm_nsp").exists()  # refused before any run
 
 
 def test_glue_text_makes_the_corpus_once_and_every_later_stage_reads_it(tmp_path):
@@ -416,3 +474,18 @@ def test_glue_command_line():
                        "--seeds", "1,2,3", "--config.train_limit=6000",
                        "--config.batch_size=32", "--config.epochs=3", "--config.packing=True",
                        "--config.max_seq_length=64", "--json", "--no-progress"]
+
+
+def test_records_name_the_shared_data_wherever_the_checkout_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "SHARED_DATA", Path("/a/shared/data"))
+    made_here = {"corpus": {"train": "/a/shared/data/corpus/t.txt", "seed": 1},
+                 "glue": {"data_dir": "/a/shared/data/glue", "lrs": [1e-4]}, "x": "/b/y"}
+    assert records.portable(made_here) == {
+        "corpus": {"train": "<shared>/corpus/t.txt", "seed": 1},
+        "glue": {"data_dir": "<shared>/glue", "lrs": [1e-4]}, "x": "/b/y"}
+    (tmp_path / "study.json").write_text(json.dumps({"config": records.portable(made_here)}))
+    monkeypatch.setattr(records, "SHARED_DATA", Path("/c/shared/data"))  # another machine
+    there = json.loads(json.dumps(made_here).replace("/a/shared/", "/c/shared/"))
+    assert records.Records(tmp_path).config_changes(there) == []
+    there["corpus"]["train"] = "/c/shared/data/corpus/other.txt"
+    assert records.Records(tmp_path).config_changes(there) == ["corpus.train"]
