@@ -35,9 +35,11 @@ def by_piece(predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray,
             "continuation": [int(correct[cont].sum()), int(cont.sum())]}
 
 
-def score(workdir: Path, eval_data: Path, batch_size: int = 64) -> dict[str, Any]:
+def score(workdir: Path, eval_data: Path, batch_size: int = 64, max_batches: int = 0
+          ) -> dict[str, Any]:
     """Accuracy overall, on word starts and on continuation pieces of `workdir`'s last
-    checkpoint on `eval_data` (its stored masks), every example once."""
+    checkpoint on `eval_data` (its stored masks), every example once (or the first
+    `max_batches` batches)."""
     import jax
 
     from bert_jax import weights
@@ -61,7 +63,7 @@ def score(workdir: Path, eval_data: Path, batch_size: int = 64) -> dict[str, Any
                                drop_remainder=False)
     check_data_vocab(loaded, loader, str(workdir), str(eval_data))
     totals = {"start": [0, 0], "continuation": [0, 0]}
-    for i in range(len(loader)):
+    for i in range(min(len(loader), max_batches or len(loader))):
         b = loader.batch(0, i)
         counts = by_piece(np.asarray(predict(loaded.params, b)), b["masked_lm_ids"],
                           b["masked_lm_weights"], continuation)

@@ -28,6 +28,8 @@ from bert_jax import files
 from experiments import records, stats, variants
 
 PAIR_METRICS = ("next_sentence_accuracy", "sentence_order_accuracy")
+# held-out MLM accuracy on masked word starts and on `##` pieces (experiments/mlm_by_piece.py)
+PIECES = ("start_accuracy", "continuation_accuracy")
 # (key in a run, label, higher is better, scale for display)
 MLM_METRICS = [("eval_mlm_loss", "held-out MLM loss", False, 1.0),
                ("eval_mlm_accuracy", "MLM acc %", True, 100.0)]
@@ -44,6 +46,7 @@ def _run(record: dict[str, Any], path: str) -> dict[str, Any]:
         "eval_mlm_loss": record["heldout"].get("masked_lm_loss"),
         "eval_mlm_accuracy": record["heldout"].get("masked_lm_accuracy"),
         "pair_accuracy": pair,
+        **{f"eval_{k}": record["heldout"].get(f"masked_lm_{k}") for k in PIECES},
         "glue": {task: s["mean"] for task, s in tasks.items()},
         "glue_metric": {task: s["main_metric"] for task, s in tasks.items()},
         "pretrain_minutes": record["seconds"]["pretrain"] / 60,
@@ -142,14 +145,14 @@ def write(rows: list[dict[str, Any]], results_dir: Path, recs: records.Records) 
 
 def write_csv(rows: list[dict[str, Any]], tasks: list[tuple[str, str]], path: Path) -> None:
     head = ["variant", "seed", "steps", "train_mlm_loss", "eval_mlm_loss", "eval_mlm_accuracy",
-            "pair_accuracy", *[t for t, _ in tasks], "pretrain_minutes", "glue_minutes",
-            "record"]
+            "pair_accuracy", *[f"eval_{k}" for k in PIECES], *[t for t, _ in tasks],
+            "pretrain_minutes", "glue_minutes", "record"]
     with files.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(head)
         for row in rows:
             for seed, r in sorted(row["runs"].items()):
-                line = [row["variant"], seed, *[r[k] for k in head[2:7]],
+                line = [row["variant"], seed, *[r[k] for k in head[2:9]],
                         *[r["glue"].get(t) for t, _ in tasks],
                         round(r["pretrain_minutes"], 2), round(r["glue_minutes"], 2),
                         r["record"]]
@@ -218,12 +221,28 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
         "",
         *verdicts,
         "",
+        *_pieces_table(rows),
         _time_note(hours),
         "",
         "Each run's record: `runs/<variant>/seed<k>.json` beside this file (its curves, "
         "held-out and GLUE results, resolved config, seconds); ablation.csv has every run.",
     ]
     files.write_text_atomic(path, "\n".join(lines + notes) + "\n")
+
+
+def _pieces_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Held-out MLM accuracy on masked word starts and on `##` pieces, per variant: a
+    model pre-trained with whole-word masks never had to predict a `##` piece whose
+    word start it could see, which the reference set's sub-word masks ask of it."""
+    if not any(values(row, f"eval_{PIECES[0]}") for row in rows):
+        return []
+    lines = ["Held-out MLM accuracy % by masked piece (the same positions as the table: "
+             "word starts and `##` continuation pieces; mean over seeds [95% t interval]):",
+             "", "| variant | word starts | `##` pieces |", "|---|---|---|"]
+    for row in rows:
+        cells = [_cell(values(row, f"eval_{k}"), 100.0, 1) for k in PIECES]
+        lines.append(f"| {row['variant']} | {cells[0]} | {cells[1]} |")
+    return [*lines, ""]
 
 
 def _time_note(hours: dict[str, float]) -> str:

@@ -141,15 +141,23 @@ def save_initial(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
 def evaluate(workdir: Path, eval_dir: Path, batches: int = 0) -> dict[str, float]:
     """The MLM metrics of `workdir`'s last checkpoint on `eval_dir` (its stored static
     masks), over its first `batches` batches (0: all of it), by `bert-jax evaluate`'s
-    function. Only the MLM metrics: the reference set's pair task may not be the
-    variant's (an SOP head on NSP pairs scores nothing meaningful)."""
+    function, and its accuracy on masked word starts and `##` pieces apart
+    (experiments/mlm_by_piece.py: what tells whole-word masking's effects apart). Only
+    the MLM metrics: the reference set's pair task may not be the variant's (an SOP head
+    on NSP pairs scores nothing meaningful)."""
     from bert_jax import configlib
     from bert_jax.train.evaluate import evaluate as evaluate_model
+    from experiments import mlm_by_piece
 
     config = configlib.load_saved(workdir)
-    result = evaluate_model(str(workdir), str(eval_dir), batch_size=int(config.train.batch_size),
+    batch_size = int(config.train.batch_size)
+    result = evaluate_model(str(workdir), str(eval_dir), batch_size=batch_size,
                             max_batches=batches or None, progress=False)
+    pieces = mlm_by_piece.score(workdir, eval_dir, batch_size, batches)
     return {**{k: float(v) for k, v in result.items() if k.startswith("masked_lm_")},
+            **{f"masked_lm_{k}": pieces[k] for k in ("start_accuracy", "start_positions",
+                                                     "continuation_accuracy",
+                                                     "continuation_positions")},
             "checkpoint_step": int(result["checkpoint_step"]), "examples": int(result["examples"])}
 
 

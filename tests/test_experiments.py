@@ -116,6 +116,14 @@ def test_mlm_only_has_no_nsp_head_and_its_data_no_pairs(tmp_path):
     assert "cls_predictions" in params and "cls_seq_relationship" not in params
     metrics = stages.evaluate(workdir, Path(cfg.data.eval), 2)
     assert 0.0 <= metrics["masked_lm_accuracy"] <= 1.0
+    # the same positions split into word starts and ## pieces (another implementation):
+    # their weighted mean is the overall accuracy
+    n_start = metrics["masked_lm_start_positions"]
+    n_cont = metrics["masked_lm_continuation_positions"]
+    assert n_start > 0 and n_cont > 0
+    assert metrics["masked_lm_accuracy"] == pytest.approx(
+        (metrics["masked_lm_start_accuracy"] * n_start
+         + metrics["masked_lm_continuation_accuracy"] * n_cont) / (n_start + n_cont))
     assert metrics["checkpoint_step"] == step == 2  # the step of the weights it scored
     assert "next_sentence_accuracy" not in metrics
 
@@ -189,7 +197,9 @@ class FakeStages:
         self._enter(f"eval/{self.run_of(workdir)}")
         assert eval_dir.name == "eval64-nsp-static-p15-sub-mp10"  # one reference set
         seed = configlib.load_saved(workdir).seed
-        return {"masked_lm_accuracy": 0.25 + seed / 100, "masked_lm_loss": 5.0}
+        return {"masked_lm_accuracy": 0.25 + seed / 100, "masked_lm_loss": 5.0,
+                "masked_lm_start_accuracy": 0.3,
+                "masked_lm_continuation_accuracy": 0.2 + seed / 100}
 
     def glue(self, model_dir: Path, out_dir: Path, glue_cfg) -> dict:
         self._enter(f"glue/{self.run_of(model_dir)}")
@@ -316,7 +326,9 @@ def test_a_new_study_dir_takes_the_recorded_runs_and_runs_only_the_rest(tmp_path
     first_md = (results / "ablation.md").read_text()
     record = json.loads((results / "runs" / "mlm_only" / "seed0.json").read_text())
     assert record["steps"] == 120 and record["config"]["objective"] == "mlm"
-    assert record["heldout"] == {"masked_lm_accuracy": 0.25, "masked_lm_loss": 5.0}
+    assert record["heldout"] == {"masked_lm_accuracy": 0.25, "masked_lm_loss": 5.0,
+                                 "masked_lm_start_accuracy": 0.3,
+                                 "masked_lm_continuation_accuracy": 0.2}
     assert record["train"][-1] == {"step": 120, "masked_lm_loss": 9.0 - 1.2}
     assert [e["step"] for e in record["evals"]] == list(range(10, 121, 10))
     assert sorted(record["glue"]["tasks"]) == ["RTE", "SST-2", "STS-B"]
@@ -457,6 +469,8 @@ def test_report_files_and_changed_settings_are_refused(tmp_path):
             in md)
     assert "always the commonest training token 4.0% accuracy" in md
     assert "| mlm_only | **not separable** (Δ +0.000" in md  # same numbers as mlm_nsp
+    # by piece: word starts 30% for both seeds; ## pieces 20% and 21%
+    assert "| mlm_only | 30.0 [30.0, 30.0] | 20.5 [14.1, 26.9] |" in md
     assert (results / "curves.png").stat().st_size > 0
     assert (results / "glue.png").stat().st_size > 0
     from bert_jax.errors import UserError
