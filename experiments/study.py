@@ -209,31 +209,34 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     if taken:
         log.info("from the records in %s: %s", recs.root, ", ".join(taken))
 
-    for seed in seeds:
-        for name in names:
-            run = run_name(name, seed)
-            cfg = variant_config(study, name, steps, study_dir, seed)
-            workdir = study_dir / run / "pretrain"
-            _check_workdir(cfg, workdir)
+    try:
+        for seed in seeds:
+            for name in names:
+                run = run_name(name, seed)
+                cfg = variant_config(study, name, steps, study_dir, seed)
+                workdir = study_dir / run / "pretrain"
+                _check_workdir(cfg, workdir)
 
-            def pretrain(cfg=cfg, workdir=workdir) -> dict[str, int]:
-                stages.pretrain(cfg, workdir, progress=progress)
-                return {"steps": int(cfg.train.total_steps)}
+                def pretrain(cfg=cfg, workdir=workdir) -> dict[str, int]:
+                    stages.pretrain(cfg, workdir, progress=progress)
+                    return {"steps": int(cfg.train.total_steps)}
 
-            finished_before = len(state.data["finished"])
-            state.run(f"pretrain/{run}", pretrain)
-            state.run(f"eval/{run}", lambda run=run: _evaluate(
-                study, study_dir, run, reference, stages))
-            if glue:
-                state.run(f"glue/{run}", lambda run=run: sorted(records.glue_tasks(stages.glue(
-                    study_dir / run / "pretrain", study_dir / run / "glue", study.glue))))
-            ran = len(state.data["finished"]) > finished_before
-            here = "restored" not in state.data["finished"][f"pretrain/{run}"]
-            if here and (ran or not recs.path(run).exists()):
-                recs.save_run(records.make_run(study_dir, run, state))  # its files are here
-                recs.sync_study(config, state, study_dir)
-            if ran:  # a table to commit as each run lands
-                report.write(report.collect(recs, names, seeds), results_dir, recs)
+                finished_before = len(state.data["finished"])
+                state.run(f"pretrain/{run}", pretrain)
+                state.run(f"eval/{run}", lambda run=run: _evaluate(
+                    study, study_dir, run, reference, stages))
+                if glue:
+                    state.run(f"glue/{run}", lambda run=run: sorted(records.glue_tasks(stages.glue(
+                        study_dir / run / "pretrain", study_dir / run / "glue", study.glue))))
+                ran = len(state.data["finished"]) > finished_before
+                here = "restored" not in state.data["finished"][f"pretrain/{run}"]
+                if here and (ran or not recs.path(run).exists()):
+                    recs.save_run(records.make_run(study_dir, run, state))  # its files are here
+                    recs.sync_study(config, state, study_dir)
+                if ran:  # a table to commit as each run lands
+                    report.write(report.collect(recs, names, seeds), results_dir, recs)
+    finally:  # a stopped study (SIGTERM at a session's end) records its seconds so far
+        recs.sync_study(config, state, study_dir)
     rows = report.collect(recs, names, seeds)
     report.write(rows, results_dir, recs)
     return rows

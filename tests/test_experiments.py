@@ -361,6 +361,17 @@ def test_a_new_study_dir_takes_the_recorded_runs_and_runs_only_the_rest(tmp_path
     assert again.calls == []
 
 
+def test_a_stopped_study_records_the_seconds_of_the_run_it_stopped_in(tmp_path):
+    # SIGTERM at a session's end: the run in progress is lost with its directory, not
+    # the time it took.
+    fake = FakeStages(kill_at=12)  # corpus, vocab, 4 data, baseline, calibrate, 1 run's 3
+    with pytest.raises(KilledError):  # stages; the 12th: pretrain/mlm_only/seed0
+        run_with(fake, tmp_path, seeds=(0,))
+    assert fake.calls[-1] == "pretrain/mlm_only/seed0"
+    seconds = json.loads((tmp_path / "results" / "runs" / "study.json").read_text())["seconds"]
+    assert "pretrain/mlm_only/seed0" in next(iter(seconds.values()))
+
+
 def test_records_from_other_data_are_refused(tmp_path):
     from bert_jax.errors import UserError
     results = tmp_path / "results"
