@@ -130,6 +130,11 @@ class Records:
         path = self.path(run)
         return json.loads(path.read_text()) if path.exists() else None
 
+    def seeds(self, variant: str) -> list[int]:
+        """The pre-training seeds of `variant` with a record."""
+        return sorted(int(p.stem[len("seed"):]) for p in (self.root / variant).glob("seed*.json")
+                      if p.stem[len("seed"):].isdigit())
+
     def save_run(self, record: dict[str, Any]) -> None:
         files.write_text_atomic(self.path(record["run"]), _dumps(record))
 

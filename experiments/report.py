@@ -56,17 +56,13 @@ def _run(record: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def collect(recs: records.Records, names: list[str], seeds: list[int]
-            ) -> list[dict[str, Any]]:
-    """One dict per variant: `runs` {seed: numbers} of its recorded runs."""
+def collect(recs: records.Records, names: list[str]) -> list[dict[str, Any]]:
+    """One dict per variant: `runs` {seed: numbers} of every recorded run of it."""
     rows = []
     for name in names:
-        runs = {}
-        for seed in seeds:
-            run = f"{name}/seed{seed}"
-            record = recs.run(run)
-            if record is not None:
-                runs[seed] = _run(record, f"{recs.root.name}/{run}.json")
+        runs = {seed: _run(recs.run(f"{name}/seed{seed}"),
+                           f"{recs.root.name}/{name}/seed{seed}.json")
+                for seed in recs.seeds(name)}
         rows.append({"variant": name, "overrides": variants.describe(name), "runs": runs})
     return rows
 

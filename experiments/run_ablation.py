@@ -13,10 +13,10 @@ experiments/ablation.py for the fields and experiments/variants.py for the varia
 Each finished run's record goes to <results>/runs/ (experiments/records.py) and the table
 and plots are rewritten from the records after each run: commit them as they land. On a
 fresh checkout (the study directory gone) the same command makes the shared data again,
-checks it against the records and runs only what they lack. --report-only writes the
-table and plots from the records alone and runs nothing: the full table after some
-variants got more seeds (--variants mlm_nsp,random_init --config.seeds=(0,1,2,3,4), then
---report-only with --config.seeds=(0,1,2,3,4)).
+checks it against the records and runs only what they lack. The report shows the
+config's variants (and any other run) with every recorded seed, so a session may run some
+variants or seeds ahead (--variants mlm_nsp,random_init --config.seeds=(0,1,2,3,4)).
+--report-only writes the table and plots from the records alone and runs nothing.
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("experiments").setLevel(logging.INFO)
     try:
         study = configlib.load(args.config, overrides)
-        if args.variants:
-            study.variants = args.variants
         if args.steps is not None:
             study.budget.steps, study.budget.minutes = args.steps, 0.0
         if args.minutes is not None:
             study.budget.minutes = args.minutes
-        names = [n.strip() for n in study.variants.split(",") if n.strip()]
+        # --variants runs some variants (ahead of the others); the report shows the
+        # config's variants whatever runs
+        names = [n.strip() for n in (args.variants or study.variants).split(",") if n.strip()]
         if args.report_only:
             rows = study_lib.write_report(
                 study, names, args.results or f"{args.study_dir}/results")

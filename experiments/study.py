@@ -202,6 +202,7 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     # The records of finished runs (committed; maybe from a study directory now gone):
     # same settings and data, or refused; the runs they hold are not run again.
     recs = records.Records(results_dir / "runs")
+    shown = report_variants(study, names)
     recs.restore_budget(config, state)
     steps = state.run("budget", lambda: _budget_steps(study, study_dir, stages))
     recs.sync_study(config, state, study_dir)
@@ -234,19 +235,29 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
                     recs.save_run(records.make_run(study_dir, run, state))  # its files are here
                     recs.sync_study(config, state, study_dir)
                 if ran:  # a table to commit as each run lands
-                    report.write(report.collect(recs, names, seeds), results_dir, recs)
+                    report.write(report.collect(recs, shown), results_dir, recs)
     finally:  # a stopped study (SIGTERM at a session's end) records its seconds so far
         recs.sync_study(config, state, study_dir)
-    rows = report.collect(recs, names, seeds)
-    report.write(rows, results_dir, recs)
+        rows = report.collect(recs, shown)
+        report.write(rows, results_dir, recs)
     return rows
 
 
+def report_variants(study: ml_collections.ConfigDict, names: Sequence[str]) -> list[str]:
+    """The variants a report shows: the study's own, then any other run now (`names`).
+    With every recorded seed of each, the report is the same whatever a run was started
+    with (a session may run some variants or seeds ahead of the others)."""
+    own = [n.strip() for n in str(study.variants).split(",") if n.strip()]
+    return own + [n for n in names if n not in own]
+
+
 def write_report(study: ml_collections.ConfigDict, names: Sequence[str],
-                 results_dir: str | Path) -> list[dict[str, Any]]:
-    """Writes the table and plots into `results_dir` from the records there (`runs/`) of
-    `names` x `study.seeds`, and runs nothing: no study directory is needed (a report on a
-    fresh checkout, a progress report, or one over variants grown to unequal seeds)."""
+                 results_dir: str | Path, out_dir: str | Path | None = None
+                 ) -> list[dict[str, Any]]:
+    """Writes the table and plots into `out_dir` (default `results_dir`) from the records
+    in `results_dir/runs` of the variants `report_variants` names, every recorded seed;
+    runs nothing and needs no study directory (a report on a fresh checkout, or a check
+    that a committed report is the one its records make)."""
     recs = records.Records(Path(results_dir) / "runs")
     saved = recs.study()
     if saved is None:
@@ -255,8 +266,8 @@ def write_report(study: ml_collections.ConfigDict, names: Sequence[str],
     if changed:
         raise UserError(f"the records in {recs.root} come from a study with other settings "
                         f"({', '.join(changed)}); set those fields back")
-    rows = report.collect(recs, list(names), [int(s) for s in study.seeds])
-    report.write(rows, Path(results_dir), recs)
+    rows = report.collect(recs, report_variants(study, names))
+    report.write(rows, Path(out_dir or results_dir), recs)
     return rows
 
 

@@ -222,7 +222,8 @@ NAMES = ["mlm_nsp", "mlm_only"]
 
 def run_with(fake: FakeStages, study_dir: Path, names=tuple(NAMES), results: Path | None = None,
              **overrides) -> list[dict]:
-    s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1), **overrides})
+    s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1), "variants": ",".join(NAMES),
+                       **overrides})
     return study.run_study(s, study_dir, list(names), results or study_dir / "results",
                            stages=fake.stages(), progress=False)
 
@@ -295,22 +296,30 @@ def test_a_relative_study_dir_resumes(tmp_path, monkeypatch):
                            for stage in ("pretrain", "eval", "glue")]
 
 
-def test_report_only_runs_nothing_and_takes_variants_with_unequal_seeds(tmp_path):
-    fake = FakeStages()
-    run_with(fake, tmp_path)  # seeds 0, 1
-    grow = FakeStages()  # one variant gets a third seed
-    run_with(grow, tmp_path, names=("mlm_nsp",), seeds=(0, 1, 2))
-    assert grow.calls == ["pretrain/mlm_nsp/seed2", "eval/mlm_nsp/seed2", "glue/mlm_nsp/seed2"]
-    s = small_study(**{"budget.minutes": 1.0, "seeds": (0, 1, 2)})
-    state_before = (tmp_path / "state.json").read_text()
-    (tmp_path / "results" / "ablation.md").unlink()
-    rows = study.write_report(s, NAMES, tmp_path / "results")
+def test_the_report_shows_every_recorded_seed_whatever_ran_and_report_only_runs_nothing(
+        tmp_path):
+    run_with(FakeStages(), tmp_path)  # the study's variants (NAMES), seeds 0, 1
+    grow = FakeStages()  # a session runs one variant's third seed ahead, and another variant
+    rows = run_with(grow, tmp_path, names=("mlm_nsp", "random_init"), seeds=(2,))
+    assert grow.calls == [f"{stage}/{v}/seed2" for v in ("mlm_nsp", "random_init")
+                          for stage in ("pretrain", "eval", "glue")]
+    # the study's variants first, then the other one; every recorded seed of each
     assert [(r["variant"], sorted(r["runs"])) for r in rows] == [
-        ("mlm_nsp", [0, 1, 2]), ("mlm_only", [0, 1])]
-    assert (tmp_path / "state.json").read_text() == state_before  # nothing ran
+        ("mlm_nsp", [0, 1, 2]), ("mlm_only", [0, 1]), ("random_init", [2])]
     md = (tmp_path / "results" / "ablation.md").read_text()
     assert "| mlm_nsp | `(base)` | 120 | 3 |" in md
     assert "| mlm_only | `objective=mlm` | 120 | 2 |" in md
+    assert "| random_init | `train.total_steps=0` | 0 | 1 |" in md
+
+    s = small_study(**{"budget.minutes": 1.0, "variants": ",".join(NAMES)})
+    state_before = (tmp_path / "state.json").read_text()
+    (tmp_path / "results" / "ablation.md").unlink()
+    study.write_report(s, ["random_init"], tmp_path / "results")
+    assert (tmp_path / "results" / "ablation.md").read_text() == md  # the same table
+    assert (tmp_path / "state.json").read_text() == state_before  # nothing ran
+    only_own = study.write_report(s, NAMES, tmp_path / "results", tmp_path / "elsewhere")
+    assert [r["variant"] for r in only_own] == NAMES
+    assert (tmp_path / "elsewhere" / "ablation.md").exists()
     from bert_jax.errors import UserError
     with pytest.raises(UserError, match="no study records"):
         study.write_report(s, NAMES, tmp_path / "empty")
@@ -338,7 +347,8 @@ def test_a_new_study_dir_takes_the_recorded_runs_and_runs_only_the_rest(tmp_path
 
     # The report alone, from the records: the same table the study wrote.
     (results / "ablation.md").unlink()
-    study.write_report(small_study(**{"budget.minutes": 1.0, "seeds": (0,)}), NAMES, results)
+    study.write_report(small_study(**{"budget.minutes": 1.0, "variants": ",".join(NAMES)}),
+                       NAMES, results)
     assert (results / "ablation.md").read_text() == first_md
 
     fake = FakeStages()  # a new directory, one more seed: shared stages, then seed 1 only
@@ -514,3 +524,16 @@ def test_records_name_the_shared_data_wherever_the_checkout_is(tmp_path, monkeyp
     assert records.Records(tmp_path).config_changes(there) == []
     there["corpus"]["train"] = "/c/shared/data/corpus/other.txt"
     assert records.Records(tmp_path).config_changes(there) == ["corpus.train"]
+
+
+def test_the_committed_ablation_report_is_the_one_its_committed_records_make(tmp_path):
+    # experiments/results/ holds the CPU study's records (runs/) and its report; the
+    # report must be what the records and this code make (rewrite it with --report-only).
+    from conftest import REPO
+
+    results = REPO / "experiments" / "results"
+    s = configlib.load(str(REPO / "experiments" / "ablation.py") + ":cpu")
+    rows = study.write_report(s, [], results, tmp_path)
+    assert sum(len(r["runs"]) for r in rows) >= 1
+    for name in ("ablation.md", "ablation.csv"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
