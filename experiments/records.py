@@ -142,10 +142,10 @@ class Records:
         path = self.root / STUDY_FILE
         return json.loads(path.read_text()) if path.exists() else None
 
-    def sync_study(self, config: dict[str, Any], state: Any, study_dir: Path) -> None:
+    def sync_study(self, config: dict[str, Any], state: Any, study_dir: Path) -> bool:
         """Checks that the study directory's config, shared results and fingerprints agree
         with the recorded ones (UserError naming what differs), then records its own (new
-        datasets, this directory's seconds)."""
+        datasets, this directory's seconds). Returns whether that changed the record."""
         shared = {k: v["result"] for k, v in state.data["finished"].items()
                   if not is_run_stage(k)}
         prints = fingerprints(study_dir)
@@ -160,10 +160,14 @@ class Records:
             raise UserError(f"the records in {self.root} come from a study with other "
                             f"settings or data ({', '.join(changed)}); use another --results, "
                             "or the settings and data they were made with")
+        before = json.dumps(saved, sort_keys=True)
         saved["shared"] = {**saved["shared"], **shared}
         saved["fingerprints"] = {**saved["fingerprints"], **prints}
         saved["seconds"][state.id] = dict(state.data["seconds"])
+        if json.dumps(saved, sort_keys=True) == before and (self.root / STUDY_FILE).exists():
+            return False
         files.write_json_atomic(self.root / STUDY_FILE, saved)
+        return True
 
     def config_changes(self, config: dict[str, Any]) -> list[str]:
         """The fields in which the study `config` (JSON) differs from the recorded one."""

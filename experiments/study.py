@@ -205,7 +205,8 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     shown = report_variants(study, names)
     recs.restore_budget(config, state)
     steps = state.run("budget", lambda: _budget_steps(study, study_dir, stages))
-    recs.sync_study(config, state, study_dir)
+    if recs.sync_study(config, state, study_dir):  # new seconds: the report's time line
+        report.write(report.collect(recs, shown), results_dir, recs)
     taken = recs.restore(state, [run_name(n, k) for k in seeds for n in names], glue)
     if taken:
         log.info("from the records in %s: %s", recs.root, ", ".join(taken))

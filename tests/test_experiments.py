@@ -380,6 +380,11 @@ def test_a_stopped_study_records_the_seconds_of_the_run_it_stopped_in(tmp_path):
     assert fake.calls[-1] == "pretrain/mlm_only/seed0"
     seconds = json.loads((tmp_path / "results" / "runs" / "study.json").read_text())["seconds"]
     assert "pretrain/mlm_only/seed0" in next(iter(seconds.values()))
+    # ... and rewrote the table with them: it is the one the records make
+    s = small_study(**{"budget.minutes": 1.0, "variants": ",".join(NAMES)})
+    study.write_report(s, NAMES, tmp_path / "results", tmp_path / "again")
+    assert ((tmp_path / "again" / "ablation.md").read_text()
+            == (tmp_path / "results" / "ablation.md").read_text())
 
 
 def test_records_from_other_data_are_refused(tmp_path):
