@@ -205,8 +205,14 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
     shown = report_variants(study, names)
     recs.restore_budget(config, state)
     steps = state.run("budget", lambda: _budget_steps(study, study_dir, stages))
-    if recs.sync_study(config, state, study_dir):  # new seconds: the report's time line
-        report.write(report.collect(recs, shown), results_dir, recs)
+
+    def sync(new_record: bool = False) -> None:
+        """This directory's seconds into the records, and the report rewritten when they
+        or the records changed (its time line and table stay the records')."""
+        if recs.sync_study(config, state, study_dir) or new_record:
+            report.write(report.collect(recs, shown), results_dir, recs)
+
+    sync()
     taken = recs.restore(state, [run_name(n, k) for k in seeds for n in names], glue)
     if taken:
         log.info("from the records in %s: %s", recs.root, ", ".join(taken))
@@ -232,16 +238,12 @@ def run_study(study: ml_collections.ConfigDict, study_dir: str | Path, names: Se
                         study_dir / run / "pretrain", study_dir / run / "glue", study.glue))))
                 ran = len(state.data["finished"]) > finished_before
                 here = "restored" not in state.data["finished"][f"pretrain/{run}"]
-                if here and (ran or not recs.path(run).exists()):
-                    recs.save_run(records.make_run(study_dir, run, state))  # its files are here
-                    recs.sync_study(config, state, study_dir)
-                if ran:  # a table to commit as each run lands
-                    report.write(report.collect(recs, shown), results_dir, recs)
+                if here and (ran or not recs.path(run).exists()):  # its files are here
+                    recs.save_run(records.make_run(study_dir, run, state))
+                    sync(new_record=True)  # a record and a table to commit as each run lands
     finally:  # a stopped study (SIGTERM at a session's end) records its seconds so far
-        recs.sync_study(config, state, study_dir)
-        rows = report.collect(recs, shown)
-        report.write(rows, results_dir, recs)
-    return rows
+        sync()
+    return report.collect(recs, shown)
 
 
 def report_variants(study: ml_collections.ConfigDict, names: Sequence[str]) -> list[str]:
