@@ -220,10 +220,32 @@ def write_markdown(rows: list[dict[str, Any]], tasks: list[tuple[str, str]],
         *_pieces_table(rows),
         _time_note(hours),
         "",
-        "Each run's record: `runs/<variant>/seed<k>.json` beside this file (its curves, "
+        "Each run's record: `runs/<variant>/seed<k>.json` beside ablation.md (its curves, "
         "held-out and GLUE results, resolved config, seconds); ablation.csv has every run.",
     ]
     files.write_text_atomic(path, "\n".join(lines + notes) + "\n")
+
+
+# the README's copy of ablation.md sits between these lines (`--report-only --readme`)
+README_BEGIN = ("<!-- ablation report: experiments/results/ablation.md, copied by "
+                "`python -m experiments.run_ablation --report-only --readme README.md` -->")
+README_END = "<!-- end of ablation report -->"
+
+
+def embed(readme: str, report_md: str) -> str:
+    """`readme` with the text between README_BEGIN and README_END replaced by `report_md`."""
+    head, begin, rest = readme.partition(README_BEGIN + "\n")
+    _, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise ValueError(f"no `{README_BEGIN}` ... `{README_END}` block to write the report into")
+    return head + begin + report_md + end + tail
+
+
+def embedded(readme: str) -> str:
+    """The report text between README_BEGIN and README_END ('' without the block)."""
+    _, begin, rest = readme.partition(README_BEGIN + "\n")
+    body, end, _ = rest.partition(README_END)
+    return body if begin and end else ""
 
 
 def _pieces_table(rows: list[dict[str, Any]]) -> list[str]:

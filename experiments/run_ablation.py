@@ -16,7 +16,8 @@ fresh checkout (the study directory gone) the same command makes the shared data
 checks it against the records and runs only what they lack. The report shows the
 config's variants (and any other run) with every recorded seed, so a session may run some
 variants or seeds ahead (--variants mlm_nsp,random_init --config.seeds=(0,1,2,3,4)).
---report-only writes the table and plots from the records alone and runs nothing.
+--report-only writes the table and plots from the records alone and runs nothing;
+with --readme README.md it also copies ablation.md into the README's report block.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from bert_jax import configlib
+from bert_jax import configlib, files
 from bert_jax.errors import EXIT_RESUMABLE, Stopped, UserError
+from experiments import report, variants
 from experiments import study as study_lib
-from experiments import variants
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -57,10 +59,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true",
                    help="write the table and plots from the records in --results; run nothing")
+    p.add_argument("--readme", default=None,
+                   help="with --report-only: copy ablation.md into this file's report block")
     overrides = [a for a in argv if a.startswith("--config.")]
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
     if args.study_dir is None and not (args.report_only and args.results):
         p.error("--study-dir is required (with --report-only: --study-dir or --results)")
+    if args.readme and not args.report_only:
+        p.error("--readme goes with --report-only (a running study leaves the README alone)")
     return args, overrides
 
 
@@ -78,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         # config's variants whatever runs
         names = [n.strip() for n in (args.variants or study.variants).split(",") if n.strip()]
         if args.report_only:
-            rows = study_lib.write_report(
-                study, names, args.results or f"{args.study_dir}/results")
+            results = Path(args.results or f"{args.study_dir}/results")
+            rows = study_lib.write_report(study, names, results)
+            if args.readme:
+                readme = Path(args.readme)
+                try:
+                    text = report.embed(readme.read_text(), (results / "ablation.md").read_text())
+                except (OSError, ValueError) as e:
+                    raise UserError(f"--readme {readme}: {e}") from e
+                files.write_text_atomic(readme, text)
         else:
             rows = study_lib.run_study(study, args.study_dir, names, args.results,
                                        glue=not args.no_glue, progress=not args.no_progress)

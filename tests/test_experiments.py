@@ -16,7 +16,7 @@ import pytest
 from conftest import shared_file
 
 from bert_jax import configlib, files
-from experiments import corpus, datasets, records, stages, study, variants
+from experiments import corpus, datasets, records, report, stages, study, variants
 
 
 def small_study(**overrides) -> ml_collections.ConfigDict:
@@ -542,3 +542,24 @@ def test_the_committed_ablation_report_is_the_one_its_committed_records_make(tmp
     assert sum(len(r["runs"]) for r in rows) >= 1
     for name in ("ablation.md", "ablation.csv"):
         assert (tmp_path / name).read_text() == (results / name).read_text(), name
+
+
+def test_the_readme_holds_the_committed_ablation_report():
+    # the README's Objective ablations section carries experiments/results/ablation.md
+    # verbatim (rewrite it with --report-only --readme README.md)
+    from conftest import REPO
+
+    copy = report.embedded((REPO / "README.md").read_text())
+    assert copy, "README.md has no ablation report block"
+    assert copy == (REPO / "experiments" / "results" / "ablation.md").read_text()
+
+
+def test_readme_embedding_replaces_only_the_report_block():
+    readme = f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\nafter\n"
+    new = report.embed(readme, "| a |\n|---|\n")
+    assert new == f"intro\n{report.README_BEGIN}\n| a |\n|---|\n{report.README_END}\nafter\n"
+    assert report.embedded(new) == "| a |\n|---|\n"
+    assert report.embed(new, "| a |\n|---|\n") == new
+    with pytest.raises(ValueError, match="no `<!-- ablation report"):
+        report.embed("no block here\n", "x")
+    assert report.embedded("no block here\n") == ""
