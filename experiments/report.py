@@ -232,20 +232,25 @@ README_BEGIN = ("<!-- ablation report: experiments/results/ablation.md, copied b
 README_END = "<!-- end of ablation report -->"
 
 
+def _split(readme: str) -> tuple[str, str, str] | None:
+    """(up to and including README_BEGIN's line, the report, README_END onwards)."""
+    head, begin, rest = readme.partition(README_BEGIN + "\n")
+    body, end, tail = rest.partition(README_END)
+    return (head + begin, body, end + tail) if begin and end else None
+
+
 def embed(readme: str, report_md: str) -> str:
     """`readme` with the text between README_BEGIN and README_END replaced by `report_md`."""
-    head, begin, rest = readme.partition(README_BEGIN + "\n")
-    _, end, tail = rest.partition(README_END)
-    if not begin or not end:
+    parts = _split(readme)
+    if parts is None:
         raise ValueError(f"no `{README_BEGIN}` ... `{README_END}` block to write the report into")
-    return head + begin + report_md + end + tail
+    return parts[0] + report_md + parts[2]
 
 
 def embedded(readme: str) -> str:
     """The report text between README_BEGIN and README_END ('' without the block)."""
-    _, begin, rest = readme.partition(README_BEGIN + "\n")
-    body, end, _ = rest.partition(README_END)
-    return body if begin and end else ""
+    parts = _split(readme)
+    return "" if parts is None else parts[1]
 
 
 def _pieces_table(rows: list[dict[str, Any]]) -> list[str]:

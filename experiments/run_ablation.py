@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             study.budget.minutes = args.minutes
         # --variants runs some variants (ahead of the others); the report shows the
         # config's variants whatever runs
-        names = [n.strip() for n in (args.variants or study.variants).split(",") if n.strip()]
+        names = variants.names(args.variants or study.variants)
         if args.report_only:
             results = Path(args.results or f"{args.study_dir}/results")
             rows = study_lib.write_report(study, names, results)

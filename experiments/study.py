@@ -250,7 +250,7 @@ def report_variants(study: ml_collections.ConfigDict, names: Sequence[str]) -> l
     """The variants a report shows: the study's own, then any other run now (`names`).
     With every recorded seed of each, the report is the same whatever a run was started
     with (a session may run some variants or seeds ahead of the others)."""
-    own = [n.strip() for n in str(study.variants).split(",") if n.strip()]
+    own = variants.names(study.variants)
     return own + [n for n in names if n not in own]
 
 

@@ -68,6 +68,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def names(text: str) -> list[str]:
+    """Variant names from a comma-separated list (`--variants`, a study's `variants`)."""
+    return [n.strip() for n in str(text).split(",") if n.strip()]
+
+
 def pretrains(cfg: ml_collections.ConfigDict) -> bool:
     """False for a variant of no pre-training steps (random_init): its weights are the
     initialisation, saved as a step-0 checkpoint."""
